@@ -19,6 +19,7 @@ test-fast: setup
 
 bench: setup
 	$(PY) bench/encode.py
+	$(PY) bench/detect.py
 
 clean:
 	rm -rf .venv .comfy .comfy-tree

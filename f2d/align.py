@@ -101,14 +101,14 @@ def warp_affine_uint8(image: np.ndarray, matrix: np.ndarray, size: int = CROP_SI
     x0, y0 = np.floor(x), np.floor(y)
     fx, fy = (x - x0)[..., None], (y - y0)[..., None]
     x0, y0 = x0.astype(np.int64), y0.astype(np.int64)
-    src = image.astype(np.float64)
     out = np.zeros((size, size, image.shape[2]), dtype=np.float64)
     for dy, wy in ((0, 1 - fy), (1, fy)):
         for dx, wx in ((0, 1 - fx), (1, fx)):
             px, py = x0 + dx, y0 + dy
             inside = ((px >= 0) & (px < w) & (py >= 0) & (py < h))[..., None]
-            vals = src[np.clip(py, 0, h - 1), np.clip(px, 0, w - 1)]
-            out += np.where(inside, vals, 0.0) * (wx * wy)
+            # Gather first, convert after: only the sampled pixels, never the whole photo.
+            vals = image[np.clip(py, 0, h - 1), np.clip(px, 0, w - 1)]
+            out += np.where(inside, vals, 0) * (wx * wy)
     return np.clip(np.floor(out + 0.5), 0, 255).astype(np.uint8)
 
 
@@ -119,8 +119,13 @@ def to_uint8_rgb(image: np.ndarray) -> np.ndarray:
         img = img[..., None]
     if img.ndim != 3 or img.shape[-1] not in (1, 3, 4):
         raise AlignmentError(f"expected an (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) image, got shape {img.shape}")
-    if img.dtype != np.uint8:
-        img = np.clip(np.rint(img.astype(np.float64) * 255.0), 0, 255).astype(np.uint8)
+    if img.dtype == np.bool_:
+        img = img.astype(np.uint8) * 255
+    elif np.issubdtype(img.dtype, np.integer) and img.dtype != np.uint8:
+        raise AlignmentError(f"{img.dtype} images are not supported; give 8-bit or float (0..1) images")
+    elif img.dtype != np.uint8:
+        # float32, not float64: an 8k float photo is already 400 MB
+        img = np.clip(np.rint(img.astype(np.float32, copy=False) * 255.0), 0, 255).astype(np.uint8)
     if img.shape[-1] == 1:
         img = np.repeat(img, 3, axis=-1)
     elif img.shape[-1] == 4:

@@ -27,6 +27,8 @@ grep -v -i '^torchaudio' "$tree/requirements.txt" > "$venv/comfy-requirements.tx
 pip install -q -c "$c" -r "$venv/comfy-requirements.txt" requests
 # The pack itself (editable, for `python -m f2d`) with its test tools.
 pip install -q -c "$c" -e ".[dev]"
+# The mediapipe face detector, by the route users take (keeps numpy 2; see install.py).
+"$venv/bin/python" install.py 2> >(grep -v "is ignored: it is neither" >&2)
 ln -sfn "$tree" "$root/.comfy-tree"
 rm -f "$venv"/.f2d-setup-*
 touch "$stamp"
