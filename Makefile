@@ -11,11 +11,11 @@ run: setup
 	bash scripts/run-comfyui.sh --port $(PORT)
 
 test: setup
-	$(PY) -m pytest
+	.venv/bin/pytest
 
 # Library tests only (no host start-up).
 test-fast: setup
-	$(PY) -m pytest -m "not host"
+	.venv/bin/pytest -m "not host"
 
 bench: setup
 	$(PY) bench/encode.py

@@ -17,7 +17,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -198,12 +198,6 @@ class MediaPipeDetector:
         return faces
 
 
-def insightface_root_candidates(models_dirs: Sequence[str | os.PathLike]) -> list[Path]:
-    """Where a ComfyUI user keeps insightface packs: ``<models>/insightface`` (as IPAdapter
-    FaceID, InstantID and PuLID expect); insightface itself then looks in ``<root>/models/<pack>``."""
-    return [Path(d) / "insightface" for d in models_dirs]
-
-
 def find_insightface_pack(roots: Sequence[str | os.PathLike], pack: str | None = None) -> tuple[Path, str] | None:
     """(root, pack) for the first pack with a detection model, or None."""
     packs = [pack] if pack else list(INSIGHTFACE_PACKS)
@@ -304,15 +298,18 @@ def choose_face(faces: list[Face], face: str | int, index: int) -> Face:
 
 
 def detect_and_align(images: Sequence[np.ndarray] | np.ndarray, detector, face: str | int = "largest",
-                     skip_faceless: bool = False) -> AlignedFaces:
+                     skip_faceless: bool = False, progress: Callable[[int, int], None] | None = None) -> AlignedFaces:
     """Detect, choose one face per image and align it onto the ArcFace 112x112 template.
 
     ``images``: a sequence (or a batch array) of (H, W[, C]) images, uint8 or float in [0, 1],
     grey, RGB or RGBA. Faceless images raise :class:`NoFaceError` naming the image, or with
     ``skip_faceless`` are skipped with a warning while at least one face remains.
+    ``progress(done, total)`` is called before each image (hosts use it to interrupt).
     """
     crops, chosen, kept, all_faces, skipped, matrices = [], [], [], [], [], []
     for i, raw in enumerate(images):
+        if progress is not None:
+            progress(i, len(images))
         image = to_uint8_rgb(raw)
         faces = sorted(detector.detect(image, i), key=lambda f: f.centre_x)
         all_faces.append(faces)

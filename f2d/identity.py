@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -17,6 +18,9 @@ from .align import crop_to_tensor_input
 from .mapping import MappingNetwork
 from .msid import MSIDEncoder
 from .weights import load_mapping, load_msid
+
+if TYPE_CHECKING:
+    from .detect import AlignedFaces
 
 
 @dataclass
@@ -47,19 +51,20 @@ class IdentityEncoder(nn.Module):
         self.msid.set_compute_dtype(dtype)
         return self
 
+    # Not named device/dtype: hosts' model managers (ComfyUI's ModelPatcher) set those attributes.
     @property
-    def device(self) -> torch.device:
+    def weight_device(self) -> torch.device:
         return self.msid.cls_token.device
 
     @property
-    def dtype(self) -> torch.dtype:
+    def weight_dtype(self) -> torch.dtype:
         """The storage dtype of inputs and outputs (the residual stream's)."""
         return self.msid.cls_token.dtype
 
     def _autocast(self, dtype: torch.dtype | None):
-        if dtype is None or dtype == self.dtype:
+        if dtype is None or dtype == self.weight_dtype:
             return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=dtype)
+        return torch.autocast(self.weight_device.type, dtype=dtype)
 
     @torch.no_grad()
     def features(self, faces: torch.Tensor | np.ndarray, compute_dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -70,7 +75,7 @@ class IdentityEncoder(nn.Module):
         """
         if isinstance(faces, np.ndarray):
             faces = crop_to_tensor_input(faces)
-        x = faces.to(device=self.device, dtype=self.dtype)
+        x = faces.to(device=self.weight_device, dtype=self.weight_dtype)
         with self._autocast(compute_dtype):
             return self.msid(x).float()
 
@@ -83,14 +88,39 @@ class IdentityEncoder(nn.Module):
         compute_dtype: torch.dtype | None = None,
     ) -> IdentityTokens:
         """Identity features -> the two identity tokens (unconditional expression by default)."""
-        f = features.to(device=self.device, dtype=self.dtype)
+        f = features.to(device=self.weight_device, dtype=self.weight_dtype)
         if exp is not None:
-            exp = exp.to(device=self.device, dtype=self.dtype)
+            exp = exp.to(device=self.weight_device, dtype=self.weight_dtype)
         if use_null is not None:
-            use_null = use_null.to(self.device)
+            use_null = use_null.to(self.weight_device)
         with self._autocast(compute_dtype):
             first, last = self.mapping(f, exp, use_null)
         return IdentityTokens(first.float(), last.float())
 
     def forward(self, faces: torch.Tensor) -> IdentityTokens:
         return self.tokens(self.features(faces))
+
+
+@dataclass
+class Identity:
+    """One person from one or more reference photos."""
+
+    features: torch.Tensor  # (N, 1536) MSID identity of each kept photo
+    faces: "AlignedFaces"  # detection + alignment result (crops, chosen faces, skipped photos)
+
+    @property
+    def mean(self) -> torch.Tensor:
+        """(1, 1536): several photos become one identity by averaging their MSID vectors --
+        the mapping network then sees one vector, as in training; per-photo noise (pose,
+        light, expression) averages out while what the photos share stays."""
+        return self.features.mean(0, keepdim=True)
+
+
+def encode_photos(encoder: IdentityEncoder, detector, images, face: str | int = "largest",
+                  skip_faceless: bool = False, compute_dtype: torch.dtype | None = None,
+                  progress=None) -> Identity:
+    """Detect, align and encode the face in each photo (see :func:`f2d.detect.detect_and_align`)."""
+    from .detect import detect_and_align
+
+    aligned = detect_and_align(images, detector, face=face, skip_faceless=skip_faceless, progress=progress)
+    return Identity(encoder.features(aligned.crops, compute_dtype=compute_dtype), aligned)

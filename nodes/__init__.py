@@ -7,9 +7,29 @@ from .paths import register_model_folder
 
 register_model_folder()
 
-from .loaders import F2DLoadMSID  # noqa: E402  (needs the folder registered)
+# Imported after the folder is registered: their schemas list its files.
+from .conditioning import F2DSampler, F2DTextEncode  # noqa: E402
+from .identity import (  # noqa: E402
+    F2DEncodeIdentity,
+    F2DExpressionGuidance,
+    F2DExpressionVector,
+    F2DLoadIdentity,
+    F2DSaveIdentity,
+)
+from .loaders import F2DLoadMSID  # noqa: E402
+
+NODES = [
+    F2DLoadMSID,
+    F2DEncodeIdentity,
+    F2DExpressionGuidance,
+    F2DExpressionVector,
+    F2DTextEncode,
+    F2DSampler,
+    F2DSaveIdentity,
+    F2DLoadIdentity,
+]
 
 
 class Face2DiffusionExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [F2DLoadMSID]
+        return list(NODES)

@@ -10,9 +10,7 @@ from comfy_api.latest import io
 from ..f2d.identity import IdentityEncoder
 from ..f2d.weights import WeightsError
 from . import paths
-from .types import F2DModel, F2DModelType
-
-CATEGORY = "Face2Diffusion"
+from .types import CATEGORY, F2DModel, F2DModelIO
 
 
 def _default(files: list[str], stem: str) -> str | None:
@@ -42,7 +40,7 @@ class F2DLoadMSID(io.ComfyNode):
                     tooltip="The mapping network (official mapping.pt), in models/face2diffusion.",
                 ),
             ],
-            outputs=[io.Custom(F2DModelType).Output("f2d_model", tooltip="MSID encoder + mapping network.")],
+            outputs=[F2DModelIO.Output("f2d_model", tooltip="MSID encoder + mapping network.")],
         )
 
     @classmethod

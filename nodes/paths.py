@@ -6,6 +6,7 @@ import os
 import folder_paths
 
 FOLDER = "face2diffusion"
+IDENTITIES = "identities"  # sub-folder of saved identities
 EXTENSIONS = {".pt", ".pth", ".safetensors"}
 
 
@@ -28,7 +29,30 @@ def searched_folders() -> str:
 
 
 def model_files() -> list[str]:
-    return folder_paths.get_filename_list(FOLDER)
+    """Weight files, without the saved identities that live in the same folder tree."""
+    return [f for f in folder_paths.get_filename_list(FOLDER) if not f.replace("\\", "/").startswith(IDENTITIES + "/")]
+
+
+def identities_folder() -> str:
+    return os.path.join(folder_paths.get_folder_paths(FOLDER)[0], IDENTITIES)
+
+
+def identity_files() -> list[str]:
+    folder = identities_folder()
+    if not os.path.isdir(folder):
+        return []
+    return sorted(f for f in os.listdir(folder) if f.endswith(".safetensors"))
+
+
+def new_identity_path(name: str) -> str:
+    """A path in the identities folder that does not exist yet: name, name_1, name_2, ..."""
+    folder = identities_folder()
+    stem = name[: -len(".safetensors")] if name.endswith(".safetensors") else name
+    candidate, n = os.path.join(folder, stem + ".safetensors"), 0
+    while os.path.exists(candidate):
+        n += 1
+        candidate = os.path.join(folder, f"{stem}_{n}.safetensors")
+    return candidate
 
 
 def full_path(name: str) -> str:

@@ -1,19 +1,41 @@
 """Socket types of the pack. `F2D_*` names keep other packs' objects out of our sockets."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-import comfy.model_patcher
+import torch
+from comfy_api.latest import io
+
+from ..f2d.identity import IdentityTokens
+
+CATEGORY = "Face2Diffusion"
 
 F2DModelType = "F2D_MODEL"
+F2DIdentityType = "F2D_IDENTITY"
+F2DIdTokensType = "F2D_ID_TOKENS"
+F2DExpressionType = "F2D_EXPRESSION"
+
+F2DModelIO = io.Custom(F2DModelType)
+F2DIdentityIO = io.Custom(F2DIdentityType)
+F2DIdTokensIO = io.Custom(F2DIdTokensType)
+F2DExpressionIO = io.Custom(F2DExpressionType)
 
 
 @dataclass
 class F2DModel:
-    patcher: comfy.model_patcher.ModelPatcher
+    patcher: "comfy.model_patcher.ModelPatcher"  # noqa: F821
     msid_name: str
     mapping_name: str
 
     @property
     def encoder(self):
         return self.patcher.model
+
+
+@dataclass
+class F2DIdTokens:
+    """What stands in for the identifier words, plus what it was made from (for saving)."""
+
+    tokens: IdentityTokens
+    identity: torch.Tensor | None = None  # (1, 1536) averaged MSID identity
+    info: dict = field(default_factory=dict)

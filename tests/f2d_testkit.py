@@ -150,3 +150,44 @@ class ComfyServer:
 def copy_into(src: Path, dst_dir: Path) -> Path:
     dst_dir.mkdir(parents=True, exist_ok=True)
     return Path(shutil.copy2(src, dst_dir / src.name))
+
+
+def formula_clip_state_dict() -> dict[str, torch.Tensor]:
+    """SD1.x's CLIP-L text tower (transformers key names) with the reference formula weights."""
+    from f2d.formula import formula_tensor
+
+    manifest = json.loads((require_fixtures() / "clip_l_state_dict.json").read_text())
+    return {k: formula_tensor(k, v["shape"]) if v["dtype"] == "float32" else torch.arange(77).reshape(1, 77)
+            for k, v in manifest.items()}
+
+
+_HOST = {}
+
+
+def import_host(base: Path):
+    """ComfyUI imported into this process (CPU, base directory ``base``) with this pack loaded the
+    way ComfyUI loads it: as a package named after its folder. Returns the pack's ``nodes`` module."""
+    if "nodes" in _HOST:
+        return _HOST["nodes"]
+    import asyncio
+    import importlib
+
+    tree = str(comfy_tree())
+    # Our nodes/ package must never shadow ComfyUI's top-level `nodes` module.
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != str(REPO)]
+    sys.path.insert(0, tree)
+    import comfy.cli_args
+
+    comfy.cli_args.args.cpu = True
+    comfy.cli_args.args.base_directory = str(make_base_dir(base))
+    import folder_paths  # noqa: F401  (reads base_directory)
+
+    name = PACK_NAME.replace("-", "_")
+    spec = importlib.util.spec_from_file_location(name, REPO / "__init__.py", submodule_search_locations=[str(REPO)])
+    pack = importlib.util.module_from_spec(spec)
+    sys.modules[name] = pack
+    spec.loader.exec_module(pack)
+    asyncio.run(pack.comfy_entrypoint())
+    _HOST["nodes"] = importlib.import_module(f"{name}.nodes")
+    _HOST["base"] = base
+    return _HOST["nodes"]

@@ -1,0 +1,73 @@
+"""The identity file: a person encoded once, as a small ``.safetensors``.
+
+Holds the two identity tokens (``first``, ``last``: 768 each) and, when known, the averaged
+1536-d MSID identity (``identity``), so a person can be re-mapped with another expression.
+One metadata key, ``f2d``, holds JSON (one key keeps the file byte-identical for equal input).
+The ComfyUI nodes and ``python -m f2d encode`` write and read the same format.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from .identity import IdentityTokens
+from .mapping import TOKEN_DIM
+from .msid import FEATURE_DIM
+
+FORMAT = "f2d-identity"
+VERSION = 1
+
+
+class IdentityFileError(ValueError):
+    __module__ = "f2d.identity_file"
+
+
+def save_identity(path: str | os.PathLike, tokens: IdentityTokens, identity: torch.Tensor | None = None,
+                  info: dict | None = None) -> Path:
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        path = path.with_name(path.name + ".safetensors")
+    from safetensors.torch import save_file
+
+    tensors = {
+        "first": tokens.first.detach().float().cpu().reshape(TOKEN_DIM).contiguous(),
+        "last": tokens.last.detach().float().cpu().reshape(TOKEN_DIM).contiguous(),
+    }
+    if identity is not None:
+        tensors["identity"] = identity.detach().float().cpu().reshape(FEATURE_DIM).contiguous()
+    meta = {"format": FORMAT, "version": VERSION, **(info or {})}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".part")
+    save_file(tensors, str(tmp), metadata={"f2d": json.dumps(meta, sort_keys=True)})
+    os.replace(tmp, path)
+    return path
+
+
+def load_identity(path: str | os.PathLike) -> tuple[IdentityTokens, torch.Tensor | None, dict]:
+    """(tokens (1, 768) each, identity (1, 1536) or None, metadata)."""
+    from .weights import load_tensors
+
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise IdentityFileError(f"{path}: identity files are .safetensors files written by F2D Save Identity "
+                                "or `python -m f2d encode`")
+    tensors, metadata = load_tensors(path)
+    try:
+        meta = json.loads(metadata.get("f2d", "{}"))
+    except json.JSONDecodeError:
+        meta = {}
+    shapes = {"first": (TOKEN_DIM,), "last": (TOKEN_DIM,), "identity": (FEATURE_DIM,)}
+    problems = [f"{k}: missing" for k in ("first", "last") if k not in tensors]
+    problems += [f"{k}: shape {tuple(v.shape)}, expected {shapes[k]}" for k, v in tensors.items()
+                 if k in shapes and tuple(v.shape) != shapes[k]]
+    if meta.get("format") != FORMAT:
+        problems.append("no f2d-identity metadata")
+    if problems:
+        raise IdentityFileError(f"{path}: not a Face2Diffusion identity file ({'; '.join(problems)}). "
+                                "Write identities with F2D Save Identity or `python -m f2d encode`.")
+    tokens = IdentityTokens(tensors["first"].float()[None], tensors["last"].float()[None])
+    identity = tensors["identity"].float()[None] if "identity" in tensors else None
+    return tokens, identity, meta

@@ -1,0 +1,122 @@
+"""The identifier rule: where the two identity tokens go in a prompt, and how.
+
+Face2Diffusion writes the person into a prompt as two identifier words (``f l`` by default).
+Their rows of the text encoder's embedding-layer output -- the token embedding plus the
+position embedding -- are *replaced* by the two identity tokens, so the identity tokens carry
+no position embedding of their own. Hosts that accept embedding vectors in the token stream
+(ComfyUI, diffusers' ``inputs_embeds``) add the position embedding to whatever stands there, so
+the vector put in the stream is ``identity_token - position_embedding[position]``.
+
+Token streams here are lists of 77-token chunks, each token an int id or a tuple whose first
+item is the id (ComfyUI's ``(id, weight, word_id)``); the rule finds the identifier's ids as
+consecutive content tokens, also across a chunk boundary, so prompt weighting such as
+``(f l:1.2)`` and punctuation (``f l,``) do not hide it. Every occurrence is replaced.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+
+DEFAULT_IDENTIFIER = "f l"
+CLASS_PHRASE = "a person"  # what the person becomes in the class prompt
+
+
+class IdentifierError(ValueError):
+    """A prompt or identifier that the identity cannot be put into; says how to fix it."""
+
+    __module__ = "f2d.tokens"
+
+
+@dataclass(frozen=True)
+class IdentifierPosition:
+    """One occurrence: (chunk, index in chunk) of the first and of the last identifier token."""
+
+    first: tuple[int, int]
+    last: tuple[int, int]
+
+
+def _token_id(token: Any) -> Any:
+    return token[0] if isinstance(token, tuple) else token
+
+
+def check_identifier(identifier: str) -> str:
+    words = identifier.split()
+    if len(words) != 2:
+        raise IdentifierError(
+            f"the identifier must be two words (Face2Diffusion makes two identity tokens), got '{identifier}'; "
+            f"the official one is '{DEFAULT_IDENTIFIER}'"
+        )
+    return " ".join(words)
+
+
+def identifier_ids(identifier_token_ids: Sequence[int], identifier: str) -> tuple[int, int]:
+    """Validate the tokenizer's ids for the identifier (without start/end tokens)."""
+    ids = tuple(int(i) for i in identifier_token_ids)
+    if len(ids) != 2:
+        raise IdentifierError(
+            f"the identifier '{identifier}' is {len(ids)} tokens for this text encoder; it must be two "
+            f"single-token words such as '{DEFAULT_IDENTIFIER}'"
+        )
+    return ids  # type: ignore[return-value]
+
+
+def find_identifier(chunks: Sequence[Sequence[Any]], ids: tuple[int, int], special_ids: set[int]) -> list[IdentifierPosition]:
+    """Every place where the two identifier ids follow each other as content tokens."""
+    content = [
+        (c, i, _token_id(t))
+        for c, chunk in enumerate(chunks)
+        for i, t in enumerate(chunk)
+        if not torch.is_tensor(_token_id(t)) and not isinstance(_token_id(t), dict) and int(_token_id(t)) not in special_ids
+    ]
+    found = []
+    k = 0
+    while k + 1 < len(content):
+        if content[k][2] == ids[0] and content[k + 1][2] == ids[1]:
+            found.append(IdentifierPosition(content[k][:2], content[k + 1][:2]))
+            k += 2
+        else:
+            k += 1
+    return found
+
+
+def missing_identifier_message(prompt: str, identifier: str) -> str:
+    shown = prompt if len(prompt) <= 200 else prompt[:200] + "..."
+    return (
+        f"the prompt does not contain the identifier '{identifier}': \"{shown}\". Write it where the person "
+        f"should appear, e.g. \"a photo of {identifier} smiling on a beach\" (as two separate words)."
+    )
+
+
+def stream_vectors(first: torch.Tensor, last: torch.Tensor, position_embedding: torch.Tensor,
+                   positions: Sequence[IdentifierPosition]) -> list[tuple[tuple[int, int], torch.Tensor]]:
+    """(where, vector) for each identifier token: the identity token minus the position
+    embedding that the host will add at that place (computed in float32)."""
+    pe = position_embedding.detach().float().cpu()
+    out = []
+    for pos in positions:
+        for where, token in ((pos.first, first), (pos.last, last)):
+            out.append((where, token.detach().float().cpu().reshape(-1) - pe[where[1]]))
+    return out
+
+
+def inject(chunks: Sequence[Sequence[Any]], vectors: Sequence[tuple[tuple[int, int], torch.Tensor]]) -> list[list[Any]]:
+    """A copy of ``chunks`` with the tokens at the given places replaced by vectors (keeping a
+    tuple's other fields, e.g. ComfyUI's weight and word id)."""
+    out = [list(chunk) for chunk in chunks]
+    for (c, i), vec in vectors:
+        t = out[c][i]
+        out[c][i] = (vec,) + tuple(t[1:]) if isinstance(t, tuple) else vec
+    return out
+
+
+def class_prompt(prompt: str, identifier: str = DEFAULT_IDENTIFIER, phrase: str = CLASS_PHRASE) -> str:
+    """The prompt with the person's identifier replaced by a generic phrase ("a person"),
+    for the steps before identity conditioning starts."""
+    words = check_identifier(identifier).split()
+    pattern = re.compile(r"(?<![\w])" + r"\s+".join(map(re.escape, words)) + r"(?![\w])", re.IGNORECASE)
+    if not pattern.search(prompt):
+        raise IdentifierError(missing_identifier_message(prompt, identifier))
+    return pattern.sub(phrase, prompt)

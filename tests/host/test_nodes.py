@@ -1,0 +1,209 @@
+"""The pack's nodes called in-process on ComfyUI's own objects, with the reference weights."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from f2d_testkit import formula_clip_state_dict
+
+pytestmark = pytest.mark.host
+ATOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def clip_state_dict(f2d_nodes):
+    return formula_clip_state_dict()
+
+
+def load_clip(state_dict, dtype):
+    import comfy.sd
+
+    options = {"dtype": dtype} if dtype is not None else {}  # None: ComfyUI's default (fp16 on CPU)
+    return comfy.sd.load_text_encoder_state_dicts([dict(state_dict)], clip_type=comfy.sd.CLIPType.STABLE_DIFFUSION,
+                                                  model_options=options)
+
+
+@pytest.fixture(scope="module")
+def clip32(clip_state_dict):
+    return load_clip(clip_state_dict, torch.float32)
+
+
+@pytest.fixture(scope="module")
+def clip16(clip_state_dict):
+    return load_clip(clip_state_dict, None)
+
+
+@pytest.fixture(scope="module")
+def reference_tokens(f2d_nodes, reference):
+    from f2d.identity import IdentityTokens
+
+    types = f2d_nodes.types
+    return types.F2DIdTokens(IdentityTokens(reference["mapping.first.null_exp"], reference["mapping.last.null_exp"]))
+
+
+@pytest.fixture(scope="module")
+def cases(fixtures):
+    return json.loads((fixtures / "clip_cases.json").read_text())
+
+
+def encode(f2d_nodes, clip, id_tokens, text, start=0.0, end=1.0, identifier="f l"):
+    out = f2d_nodes.F2DTextEncode.execute(clip, id_tokens, text, identifier, start, end)
+    return out.args[0]
+
+
+def identifier_ids(clip, identifier="f l"):
+    toks = clip.tokenize(identifier, return_word_ids=True)["l"][0]
+    return tuple(t[0] for t in toks if t[2] > 0), {t[0] for t in toks if t[2] == 0}
+
+
+def plain(clip, text):
+    return clip.encode_from_tokens_scheduled(clip.tokenize(text))[0][0]
+
+
+@pytest.mark.parametrize("case", ["eiffel", "smile"])
+def test_conditioning_matches_official_in_fp32(f2d_nodes, clip32, reference_tokens, reference, cases, case):
+    prompt = cases[case]["prompt"]
+    ids = [t[0] for t in clip32.tokenize(prompt)["l"][0]]
+    assert ids == reference[f"clip.{case}.input_ids"].tolist()
+    cond = encode(f2d_nodes, clip32, reference_tokens, prompt)
+    assert len(cond) == 1
+    err = (cond[0][0] - reference[f"clip.{case}.cond"]).abs().max().item()
+    assert err <= ATOL
+    # Pooled output: taken at the first end-of-text token, which the identity tokens leave in place.
+    assert cond[0][1]["pooled_output"] is not None
+
+
+@pytest.mark.parametrize("case", ["eiffel", "smile"])
+def test_conditioning_in_default_fp16_deviates_only_as_fp16_does(f2d_nodes, clip16, reference_tokens, reference,
+                                                                  cases, case):
+    prompt = cases[case]["prompt"]
+    err_plain = (plain(clip16, prompt) - reference[f"clip.{case}.cond_without_identity"]).abs().max().item()
+    err_id = (encode(f2d_nodes, clip16, reference_tokens, prompt)[0][0] - reference[f"clip.{case}.cond"]).abs().max().item()
+    # Measured: 3.8e-3 vs 3.8e-3 (eiffel), 4.9e-3 vs 5.0e-3 (smile).
+    assert 0 < err_plain < 1e-2
+    assert err_id <= 1.5 * err_plain
+
+
+def test_tokens_inserted_as_plain_word_embeddings_would_be_wrong(f2d_nodes, clip32, reference_tokens, reference, cases):
+    """Why the position embedding is compensated: without it, the result is far off."""
+    from f2d.tokens import find_identifier, inject
+
+    prompt = cases["eiffel"]["prompt"]
+    tokens = clip32.tokenize(prompt, return_word_ids=True)
+    pos = find_identifier(tokens["l"], *identifier_ids(clip32))
+    assert len(pos) == 1
+    t = reference_tokens.tokens
+    naive = inject(tokens["l"], [(pos[0].first, t.first[0]), (pos[0].last, t.last[0])])
+    cond = clip32.encode_from_tokens_scheduled({"l": naive})[0][0]
+    assert (cond - reference["clip.eiffel.cond"]).abs().max().item() > 100 * ATOL
+
+
+def test_identifier_in_the_second_chunk_of_a_long_prompt(f2d_nodes, clip32, reference_tokens):
+    filler = " ".join(["photo"] * 75)  # exactly fills the first 77-token chunk
+    long = encode(f2d_nodes, clip32, reference_tokens, f"{filler} f l smiling")[0][0]
+    short = encode(f2d_nodes, clip32, reference_tokens, "f l smiling")[0][0]
+    assert long.shape == (1, 154, 768)
+    assert (long[:, :77] - plain(clip32, filler)).abs().max().item() <= ATOL  # first chunk untouched
+    assert (long[:, 77:] - short).abs().max().item() <= ATOL  # positions are counted within the chunk
+
+
+def test_prompt_weighting_and_punctuation(f2d_nodes, clip32, reference_tokens):
+    base = encode(f2d_nodes, clip32, reference_tokens, "a photo of f l, on a beach")[0][0]
+    weighted = encode(f2d_nodes, clip32, reference_tokens, "a photo of f l, on a (beach:1.3)")[0][0]
+    on_id = encode(f2d_nodes, clip32, reference_tokens, "a photo of (f l:1.2), on a beach")[0][0]
+    no_id = plain(clip32, "a photo of f l, on a beach")
+    assert (base - no_id).abs().max().item() > 1e-2  # the identity is in
+    assert (weighted - base).abs().max().item() > 1e-3  # the weight on another word still acts
+    assert (on_id - base).abs().max().item() > 1e-3  # and a weight on the identifier too
+
+
+def test_identifier_twice_puts_the_person_at_both_places(f2d_nodes, clip32, reference_tokens):
+    from f2d.tokens import find_identifier
+
+    text = "f l talking to f l in a mirror"
+    tokens = clip32.tokenize(text, return_word_ids=True)
+    assert len(find_identifier(tokens["l"], *identifier_ids(clip32))) == 2
+    once = encode(f2d_nodes, clip32, reference_tokens, "f l talking to a person in a mirror")[0][0]
+    twice = encode(f2d_nodes, clip32, reference_tokens, text)[0][0]
+    # Causal attention: rows before the second occurrence are the same as with one occurrence.
+    assert (twice[:, :5] - once[:, :5]).abs().max().item() <= ATOL
+    assert (twice[:, 5:8] - once[:, 5:8]).abs().max().item() > 1e-2
+
+
+def test_missing_identifier_fails_loudly(f2d_nodes, clip32, reference_tokens):
+    # The pack's own copy of f2d raises (ComfyUI imports the pack as a package): match by name.
+    with pytest.raises(ValueError) as e:
+        encode(f2d_nodes, clip32, reference_tokens, "a photo of a man on a beach")
+    assert type(e.value).__name__ == "IdentifierError"
+    msg = str(e.value)
+    assert "'f l'" in msg and '"a photo of a man on a beach"' in msg
+    with pytest.raises(ValueError, match="'flower'"):  # a word containing f and l is not the identifier
+        encode(f2d_nodes, clip32, reference_tokens, "a flower", identifier="flower")
+
+
+def test_identity_window_uses_the_class_prompt_outside_it(f2d_nodes, clip32, reference_tokens):
+    cond = encode(f2d_nodes, clip32, reference_tokens, "a photo of f l smiling", 0.2, 0.9)
+    windows = sorted((c[1]["start_percent"], c[1]["end_percent"]) for c in cond)
+    assert windows == [(0.0, 0.2), (0.2, 0.9), (0.9, 1.0)]
+    by_window = {(c[1]["start_percent"], c[1]["end_percent"]): c[0] for c in cond}
+    person = plain(clip32, "a photo of a person smiling")
+    assert (by_window[(0.0, 0.2)] - person).abs().max().item() <= ATOL
+    assert (by_window[(0.2, 0.9)] - encode(f2d_nodes, clip32, reference_tokens, "a photo of f l smiling")[0][0]).abs().max() <= ATOL
+    assert f2d_nodes.F2DTextEncode.validate_inputs(0.5, 0.5, "f l") != True  # noqa: E712
+    assert "two words" in f2d_nodes.F2DTextEncode.validate_inputs(0.0, 1.0, "sks")
+
+
+def test_load_encode_and_expression_nodes(f2d_nodes, host_base, reference, fixtures):
+    from PIL import Image
+
+    from f2d.identity import Identity, IdentityEncoder
+
+    model = f2d_nodes.F2DLoadMSID.execute("msid.pt", "mapping.pt").args[0]
+    photo = torch.from_numpy(np.array(Image.open(fixtures / "astronaut.png").convert("RGB"))).float()[None] / 255
+    identity, crops = f2d_nodes.F2DEncodeIdentity.execute(model, photo.repeat(2, 1, 1, 1), "mediapipe", "largest", False).args
+    assert crops.shape == (2, 112, 112, 3) and 0 <= crops.min() and crops.max() <= 1
+    assert identity.features.shape == (2, 1536)
+    reference_encoder = IdentityEncoder.from_files(host_base / "models/face2diffusion/msid.pt",
+                                                   host_base / "models/face2diffusion/mapping.pt")
+    expected = reference_encoder.features((crops[:1] * 255).round().to(torch.uint8).numpy())
+    assert (identity.mean - expected).abs().max() <= ATOL
+
+    # Unconditional expression (the paper's inference) and an explicit one, on the fixture's identity.
+    fixture_identity = Identity(reference["msid.features"], identity.faces)
+    null = f2d_nodes.F2DExpressionGuidance.execute(model, fixture_identity, 1.0).args[0]
+    assert (null.tokens.first - reference["mapping.first.null_exp"]).abs().max() <= ATOL
+    values = ", ".join(f"{v:.9g}" for v in reference["mapping.exp"][0].tolist())
+    exp = f2d_nodes.F2DExpressionVector.execute(values).args[0]
+    full = f2d_nodes.F2DExpressionGuidance.execute(model, fixture_identity, 1.0, exp).args[0]
+    assert (full.tokens.first - reference["mapping.first.with_exp"]).abs().max() <= ATOL
+    assert (full.tokens.last - reference["mapping.last.with_exp"]).abs().max() <= ATOL
+    off = f2d_nodes.F2DExpressionGuidance.execute(model, fixture_identity, 0.0, exp).args[0]
+    assert (off.tokens.first - reference["mapping.first.null_exp"]).abs().max() <= ATOL
+    assert "64 finite numbers; got 3" in f2d_nodes.F2DExpressionVector.validate_inputs("1, 2, 3")
+
+
+def test_encode_identity_without_a_face_names_the_photo(f2d_nodes):
+    from skimage import data
+
+    model = f2d_nodes.F2DLoadMSID.execute("msid.pt", "mapping.pt").args[0]
+    coffee = torch.from_numpy(data.coffee()).float()[None] / 255
+    with pytest.raises(ValueError, match="image 0: no face found") as e:
+        f2d_nodes.F2DEncodeIdentity.execute(model, coffee, "mediapipe", "largest", False)
+    assert type(e.value).__name__ == "NoFaceError"
+
+
+def test_save_and_load_identity(f2d_nodes, reference_tokens, reference):
+    saved = f2d_nodes.F2DSaveIdentity.execute(reference_tokens, "alice")
+    assert saved.ui["text"] == ["saved alice.safetensors"]
+    again = f2d_nodes.F2DSaveIdentity.execute(reference_tokens, "alice")
+    assert again.ui["text"] == ["saved alice_1.safetensors"]  # never overwrites
+    assert "alice.safetensors" in f2d_nodes.paths.identity_files()
+    assert "alice.safetensors" not in f2d_nodes.paths.model_files()  # not offered as weights
+    loaded = f2d_nodes.F2DLoadIdentity.execute("alice.safetensors").args[0]
+    assert torch.equal(loaded.tokens.first, reference["mapping.first.null_exp"])
+    assert torch.equal(loaded.tokens.last, reference["mapping.last.null_exp"])
+    assert "plain file name" in f2d_nodes.F2DSaveIdentity.validate_inputs("../evil")
+    assert "F2D Save Identity" in f2d_nodes.F2DLoadIdentity.validate_inputs("bob.safetensors")
