@@ -178,11 +178,11 @@ class F2DSaveIdentity(io.ComfyNode):
             description=(f"Saves the identity tokens (and the averaged identity) as a small .safetensors in "
                          f"models/{paths.FOLDER}/{paths.IDENTITIES}, to reuse with F2D Load Identity."),
             inputs=[
-                F2DIdTokensIO.Input("id_tokens"),
+                F2DIdTokensIO.Input("id_tokens", tooltip="From F2D Expression Guidance."),
                 io.String.Input("name", default="person", tooltip="File name; an existing file is never overwritten "
                                                                   "(a number is appended)."),
             ],
-            outputs=[F2DIdTokensIO.Output("id_tokens", tooltip="The same tokens, passed through.")],
+            outputs=[F2DIdTokensIO.Output("saved_tokens", tooltip="The same tokens, passed through.")],
             is_output_node=True,
         )
 

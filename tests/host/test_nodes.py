@@ -207,3 +207,18 @@ def test_save_and_load_identity(f2d_nodes, reference_tokens, reference):
     assert torch.equal(loaded.tokens.last, reference["mapping.last.null_exp"])
     assert "plain file name" in f2d_nodes.F2DSaveIdentity.validate_inputs("../evil")
     assert "F2D Save Identity" in f2d_nodes.F2DLoadIdentity.validate_inputs("bob.safetensors")
+
+
+def test_every_node_schema_builds_with_tooltips_and_descriptions(f2d_nodes):
+    """Catches API drift in the host's V3 schema (it validates ids, types and options)."""
+    ids = []
+    for node in f2d_nodes.NODES:
+        schema = node.GET_SCHEMA()
+        info = node.GET_NODE_INFO_V1()
+        ids.append(schema.node_id)
+        assert schema.node_id.startswith("F2D") and schema.category == "Face2Diffusion"
+        assert schema.description, schema.node_id
+        for group in ("required", "optional"):
+            for name, spec in info["input"].get(group, {}).items():
+                assert spec[1].get("tooltip"), f"{schema.node_id}.{name} has no tooltip"
+    assert len(ids) == len(set(ids))
