@@ -191,3 +191,84 @@ def import_host(base: Path):
     _HOST["nodes"] = importlib.import_module(f"{name}.nodes")
     _HOST["base"] = base
     return _HOST["nodes"]
+
+
+def _fill_deterministic(module: torch.nn.Module, seed: int, scale: float = 1.0) -> dict[str, torch.Tensor]:
+    """Small deterministic weights: normal / sqrt(fan_in) for matrices and kernels, zero biases,
+    ones for norm scales. Scaled by fan-in so signals survive many layers (flat ~0.02 weights turn
+    the tiny VAE's output solid black)."""
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for name, p in module.state_dict().items():
+        if not p.is_floating_point():
+            out[name] = p.clone()
+        elif p.ndim >= 2:
+            fan_in = p[0].numel()
+            out[name] = torch.randn(p.shape, generator=g) * (scale / fan_in ** 0.5)
+        elif name.endswith("weight"):
+            out[name] = torch.ones(p.shape)
+        else:
+            out[name] = torch.randn(p.shape, generator=g) * 0.1
+    return out
+
+
+TINY_UNET = dict(image_size=32, in_channels=4, model_channels=320, out_channels=4, num_res_blocks=[1],
+                 channel_mult=[1], num_heads=8, use_spatial_transformer=True, transformer_depth=[1],
+                 transformer_depth_output=[0, 0], transformer_depth_middle=-2, context_dim=768,
+                 use_linear_in_transformer=False, legacy=False)
+
+
+def build_tiny_sd15_checkpoint(path: Path) -> Path:
+    """An SD1.x checkpoint that ComfyUI detects as SD1.5 and samples in about a second on a CPU:
+    a one-level UNet of ComfyUI's own class (320 channels, one res block, one transformer, no
+    middle block), the full CLIP-L text tower with the reference formula weights, and a TAESD
+    VAE. Original SD key names; ~265 MB in fp16. Needs ComfyUI importable (``import_host``)."""
+    if path.is_file():
+        return path
+    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+    from comfy.taesd.taesd import TAESD
+    from safetensors.torch import save_file
+
+    unet = UNetModel(**TINY_UNET)
+    sd = {f"model.diffusion_model.{k}": v for k, v in _fill_deterministic(unet, 1).items()}
+    vae = _fill_deterministic(TAESD(), 2, scale=2.0)
+    vae["vae_scale"], vae["vae_shift"] = torch.tensor(1.0), torch.tensor(0.0)
+    # A bias on the last decoder conv keeps the picture off pure black/white after the tanh-free clamp.
+    sd.update({f"first_stage_model.{k}": v for k, v in vae.items()})
+    sd.update({f"cond_stage_model.transformer.{k}": v for k, v in formula_clip_state_dict().items()})
+    sd = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in sd.items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(sd, str(path))
+    return path
+
+
+def build_tiny_lora(path: Path) -> Path:
+    """A rank-4 LoRA on the tiny UNet's transformer projection and on CLIP-L's first attention."""
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(3)
+    sd = {
+        "lora_unet_input_blocks_1_1_proj_in.lora_down.weight": torch.randn(4, 320, 1, 1, generator=g) * 0.05,
+        "lora_unet_input_blocks_1_1_proj_in.lora_up.weight": torch.randn(320, 4, 1, 1, generator=g) * 0.05,
+        "lora_unet_input_blocks_1_1_proj_in.alpha": torch.tensor(4.0),
+        "lora_te_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight": torch.randn(4, 768, generator=g) * 0.05,
+        "lora_te_text_model_encoder_layers_0_self_attn_q_proj.lora_up.weight": torch.randn(768, 4, generator=g) * 0.05,
+        "lora_te_text_model_encoder_layers_0_self_attn_q_proj.alpha": torch.tensor(4.0),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(sd, str(path))
+    return path
+
+
+def build_tiny_controlnet(path: Path) -> Path:
+    """A ControlNet of ComfyUI's own class matching the tiny UNet (middle block: one res block)."""
+    from comfy.cldm.cldm import ControlNet
+    from safetensors.torch import save_file
+
+    config = {k: v for k, v in TINY_UNET.items() if k not in ("out_channels", "transformer_depth_output")}
+    config.update(hint_channels=3, transformer_depth_middle=-1)
+    net = ControlNet(**config)
+    sd = {f"control_model.{k}": v.half().contiguous() for k, v in _fill_deterministic(net, 4).items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(sd, str(path))
+    return path
