@@ -20,6 +20,7 @@ test-fast: setup
 bench: setup
 	$(PY) bench/encode.py
 	$(PY) bench/detect.py
+	$(PY) bench/sampling.py
 
 clean:
 	rm -rf .venv .comfy .comfy-tree

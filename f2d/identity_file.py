@@ -3,7 +3,7 @@
 Holds the two identity tokens (``first``, ``last``: 768 each) and, when known, the averaged
 1536-d MSID identity (``identity``), so a person can be re-mapped with another expression.
 One metadata key, ``f2d``, holds JSON (one key keeps the file byte-identical for equal input).
-The ComfyUI nodes and ``python -m f2d encode`` write and read the same format.
+The ComfyUI nodes write and read it; the library's other front doors share it.
 """
 from __future__ import annotations
 
@@ -52,8 +52,7 @@ def load_identity(path: str | os.PathLike) -> tuple[IdentityTokens, torch.Tensor
 
     path = Path(path)
     if path.suffix != ".safetensors":
-        raise IdentityFileError(f"{path}: identity files are .safetensors files written by F2D Save Identity "
-                                "or `python -m f2d encode`")
+        raise IdentityFileError(f"{path}: identity files are .safetensors files written by F2D Save Identity")
     tensors, metadata = load_tensors(path)
     try:
         meta = json.loads(metadata.get("f2d", "{}"))
@@ -67,7 +66,7 @@ def load_identity(path: str | os.PathLike) -> tuple[IdentityTokens, torch.Tensor
         problems.append("no f2d-identity metadata")
     if problems:
         raise IdentityFileError(f"{path}: not a Face2Diffusion identity file ({'; '.join(problems)}). "
-                                "Write identities with F2D Save Identity or `python -m f2d encode`.")
+                                "Write identities with F2D Save Identity.")
     tokens = IdentityTokens(tensors["first"].float()[None], tensors["last"].float()[None])
     identity = tensors["identity"].float()[None] if "identity" in tensors else None
     return tokens, identity, meta

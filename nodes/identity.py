@@ -208,7 +208,7 @@ class F2DLoadIdentity(io.ComfyNode):
             node_id="F2DLoadIdentity",
             display_name="F2D Load Identity",
             category=CATEGORY,
-            description="Loads an identity saved by F2D Save Identity (or `python -m f2d encode`).",
+            description="Loads an identity saved by F2D Save Identity.",
             inputs=[io.Combo.Input("identity_file", options=files, default=files[0] if files else None,
                                    tooltip=f"Files in models/{paths.FOLDER}/{paths.IDENTITIES}.")],
             outputs=[F2DIdTokensIO.Output("id_tokens")],

@@ -5,6 +5,7 @@ import os
 
 import comfy.model_management as mm
 import comfy.model_patcher
+import torch
 from comfy_api.latest import io
 
 from ..f2d.identity import IdentityEncoder
@@ -60,7 +61,11 @@ class F2DLoadMSID(io.ComfyNode):
             encoder = IdentityEncoder.from_files(paths.full_path(msid), paths.full_path(mapping))
         except WeightsError as e:
             raise WeightsError(f"F2D Load MSID: {e}") from None
+        load_device = mm.get_torch_device()
+        # fp16 where the device runs it well (67 MB of weights); fp32 on CPUs, where fp16 is slow.
+        if mm.should_use_fp16(load_device):
+            encoder.to(torch.float16)
         patcher = comfy.model_patcher.ModelPatcher(
-            encoder, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device()
+            encoder, load_device=load_device, offload_device=mm.unet_offload_device()
         )
         return io.NodeOutput(F2DModel(patcher=patcher, msid_name=msid, mapping_name=mapping))

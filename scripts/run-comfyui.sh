@@ -19,7 +19,6 @@ ln -sfn "$root" "$base/custom_nodes/ComfyUI-Face2Diffusion"
 # Example graphs appear in the UI's Workflows browser; a user's edited copy is never overwritten.
 for wf in "$root"/workflows/*.json; do
   [ -e "$wf" ] || continue
-  case "$wf" in *.api.json) continue ;; esac
   cp -n "$wf" "$base/user/default/workflows/" 2>/dev/null || true
 done
 [ -f "$base/input/astronaut.png" ] || cp "$root/workflows/astronaut.png" "$base/input/" 2>/dev/null || true
