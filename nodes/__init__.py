@@ -16,6 +16,7 @@ from .identity import (  # noqa: E402
     F2DLoadIdentity,
     F2DSaveIdentity,
 )
+from .likeness import F2DBestOfN, F2DIdentitySimilarity  # noqa: E402
 from .loaders import F2DLoadMSID  # noqa: E402
 
 NODES = [
@@ -27,6 +28,8 @@ NODES = [
     F2DSampler,
     F2DSaveIdentity,
     F2DLoadIdentity,
+    F2DIdentitySimilarity,
+    F2DBestOfN,
 ]
 
 

@@ -36,6 +36,11 @@ def _insightface_roots() -> list[str]:
     return roots
 
 
+def comfy_image_to_uint8(image: torch.Tensor) -> np.ndarray:
+    """ComfyUI IMAGE (B, H, W, C) floats in 0..1 -> uint8 array, as the photos were stored."""
+    return (image.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+
+
 def _providers() -> list[str]:
     return ["CUDAExecutionProvider", "CPUExecutionProvider"] if torch.cuda.is_available() else ["CPUExecutionProvider"]
 
@@ -79,9 +84,8 @@ class F2DEncodeIdentity(io.ComfyNode):
             raise DetectorUnavailable(f"F2D Encode Identity: {e}") from None
         mm.load_model_gpu(f2d_model.patcher)
         pbar = comfy.utils.ProgressBar(len(image))
-        photos = (image.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
         try:
-            identity = encode_photos(f2d_model.encoder, det, list(photos), face=face, skip_faceless=skip_faceless,
+            identity = encode_photos(f2d_model.encoder, det, list(comfy_image_to_uint8(image)), face=face, skip_faceless=skip_faceless,
                                      progress=lambda i, n: pbar.update_absolute(i, n))
         finally:
             if hasattr(det, "close"):

@@ -118,6 +118,16 @@ def graphs() -> dict[str, dict]:
     g.update(f2d_sampler(["checkpoint", 0], ["checkpoint", 1], ["load_identity", 0],
                          "a photo of f l as an astronaut on the moon", "f2d_reused"))
     out["07_reuse_saved_identity"] = g
+
+    g = {}
+    common(g)
+    g["latent"] = ("EmptyLatentImage", {"width": 512, "height": 512, "batch_size": 8})
+    g.update(f2d_sampler(["checkpoint", 0], ["checkpoint", 1], ["tokens", 0],
+                         "a photo of f l laughing at a birthday party", "f2d_best"))
+    g["best"] = ("F2DBestOfN", {"f2d_model": ["f2d", 0], "images": ["decode", 0], "detector": "auto", "keep": 2,
+                                "identity": ["identity", 0]})
+    g["save"] = ("SaveImage", {"images": ["best", 0], "filename_prefix": "f2d_best_of_8"})
+    out["08_best_of_8"] = g
     return out
 
 

@@ -222,3 +222,27 @@ def test_every_node_schema_builds_with_tooltips_and_descriptions(f2d_nodes):
             for name, spec in info["input"].get(group, {}).items():
                 assert spec[1].get("tooltip"), f"{schema.node_id}.{name} has no tooltip"
     assert len(ids) == len(set(ids))
+
+
+def test_similarity_and_best_of_n_nodes(f2d_nodes, fixtures):
+    from PIL import Image
+    from skimage import data
+
+    model = f2d_nodes.F2DLoadMSID.execute("msid.pt", "mapping.pt").args[0]
+    astronaut = np.array(Image.open(fixtures / "astronaut.png").convert("RGB"))
+    identity = f2d_nodes.F2DEncodeIdentity.execute(model, torch.from_numpy(astronaut).float()[None] / 255,
+                                                   "mediapipe", "largest", False).args[0]
+    coffee = np.array(Image.fromarray(data.coffee()).resize((512, 512)))
+    batch = torch.from_numpy(np.stack([coffee, astronaut[:, ::-1], astronaut])).float() / 255
+    sims, report = f2d_nodes.F2DIdentitySimilarity.execute(model, batch, "mediapipe", identity).args
+    assert sims[0] == 0.0 and sims[2] == pytest.approx(1.0, abs=1e-5) and sims[1] < sims[2]
+    assert "#0: no face (0)" in report
+    images, kept, _ = f2d_nodes.F2DBestOfN.execute(model, batch, "mediapipe", 2, identity).args
+    assert torch.equal(images[0], batch[2]) and torch.equal(images[1], batch[1])
+    assert kept == [sims[2], sims[1]]
+    # A saved identity carries its vector, so it serves as the reference too.
+    saved = f2d_nodes.F2DExpressionGuidance.execute(model, identity, 1.0).args[0]
+    same = f2d_nodes.F2DIdentitySimilarity.execute(model, batch, "mediapipe", None, saved).args[0]
+    assert same == pytest.approx(sims, abs=1e-6)
+    with pytest.raises(ValueError, match="connect a reference"):
+        f2d_nodes.F2DIdentitySimilarity.execute(model, batch, "mediapipe")

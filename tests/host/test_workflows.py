@@ -72,7 +72,7 @@ def run(server, api: dict) -> dict:
 
 
 def test_there_are_example_workflows_in_both_formats():
-    assert len(API) >= 7
+    assert len(API) >= 8
     assert [p.name for p in API] == [p.name for p in UI]
 
 
@@ -122,3 +122,12 @@ def test_prompt_without_identifier_fails_before_sampling_with_our_message(server
     err = next(m[1] for m in result["status"]["messages"] if m[0] == "execution_error")
     assert err["exception_type"].endswith("IdentifierError")
     assert "'f l'" in err["exception_message"] and "a photo of a man eating ice cream" in err["exception_message"]
+
+
+def test_best_of_8_saves_exactly_the_kept_images(server):
+    api = shrink(json.loads((REPO / "workflows" / "api" / "08_best_of_8.json").read_text()))
+    keep = next(n for n in api.values() if n["class_type"] == "F2DBestOfN")["inputs"]["keep"]
+    result = run(server, api)
+    assert result["status"]["status_str"] == "success"
+    save = next(k for k, n in api.items() if n["class_type"] == "SaveImage")
+    assert len(result["outputs"][save]["images"]) == keep == 2
