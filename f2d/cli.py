@@ -1,10 +1,24 @@
-"""``python -m f2d``: command-line front door of the library."""
+"""``python -m f2d``: command-line front door of the library.
+
+    python -m f2d generate -i face.jpg -p "f l eating bread in front of the Eiffel Tower" \\
+        --base sd15.safetensors --msid msid.pt --mapping mapping.pt -n 8 -o out.png
+    python -m f2d encode -i face.jpg --msid msid.pt --mapping mapping.pt -o person.safetensors
+    python -m f2d convert msid.pt msid.safetensors
+"""
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
+
+import numpy as np
 
 from .weights import WeightsError, convert
+
+
+class CLIError(Exception):
+    pass
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
@@ -13,9 +27,135 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def load_photo(path: str) -> np.ndarray:
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            return np.array(ImageOps.exif_transpose(im).convert("RGB"))
+    except FileNotFoundError:
+        raise CLIError(f"{path}: no such photo") from None
+    except (UnidentifiedImageError, OSError) as e:
+        raise CLIError(f"{path}: not a readable image ({e})") from None
+
+
+def _identity_tokens(args: argparse.Namespace):
+    """(tokens, identity vector or None, info) from --identity or from photos."""
+    from .identity_file import load_identity
+
+    if args.identity:
+        return load_identity(args.identity)
+    if not args.input:
+        raise CLIError("give the person: -i PHOTO (one or more) or --identity FILE")
+    if not (args.msid and args.mapping):
+        raise CLIError("encoding a photo needs the weights: --msid msid.pt --mapping mapping.pt")
+    from .detect import get_detector
+    from .identity import IdentityEncoder, encode_photos
+
+    encoder = IdentityEncoder.from_files(args.msid, args.mapping)
+    photos = [load_photo(p) for p in args.input]
+    detector = get_detector(args.detector, insightface_roots=args.insightface_root)
+    identity = encode_photos(encoder, detector, photos, face=args.face)
+    tokens = encoder.tokens(identity.mean)
+    info = {"msid": Path(args.msid).name, "mapping": Path(args.mapping).name, "photos": len(photos),
+            "expression": "unconditional"}
+    return tokens, identity.mean, info
+
+
+def _cmd_encode(args: argparse.Namespace) -> int:
+    from .identity_file import save_identity
+
+    tokens, identity, info = _identity_tokens(args)
+    path = save_identity(args.output, tokens, identity, {**info, "name": Path(args.output).stem})
+    print(f"{path}: identity of {info.get('photos', '?')} photo(s)")
+    return 0
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from PIL.PngImagePlugin import PngInfo
+
+    from .generate import GenerationSettings, generate, grid, load_pipeline, pick_device
+    from .tokens import check_identifier, class_prompt
+
+    prompts = [args.prompt] if args.prompt else []
+    if args.prompts_file:
+        prompts += [ln.strip() for ln in Path(args.prompts_file).read_text().splitlines() if ln.strip()]
+    if not prompts:
+        raise CLIError("give a prompt: -p \"a photo of f l ...\" or --prompts-file FILE")
+    check_identifier(args.identifier)
+    for p in prompts:
+        class_prompt(p, args.identifier)  # every prompt names the person, before any model loads
+    tokens, _, info = _identity_tokens(args)
+    device, dtype = pick_device(args.device)
+    pipe = load_pipeline(args.base, device, dtype, args.scheduler, args.config)
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for k, prompt in enumerate(prompts):
+        s = GenerationSettings(prompt=prompt, negative=args.negative, n=args.n, steps=args.steps, cfg=args.cfg,
+                               seed=args.seed + k, height=args.height, width=args.width,
+                               identity_start=args.identity_start, identifier=args.identifier)
+        images = generate(pipe, tokens, s, progress=not args.quiet)
+        params = {**vars(s), "base": str(args.base), "scheduler": args.scheduler, "identity": info,
+                  "generator": "Face2Diffusion (python -m f2d generate)"}
+        meta = PngInfo()
+        meta.add_text("parameters", json.dumps(params, sort_keys=True, default=str))
+        stem = out.stem if len(prompts) == 1 else f"{out.stem}-{k:02d}"
+        grid_path = out.with_name(stem + out.suffix)
+        grid(images).save(grid_path, pnginfo=meta)
+        for i, im in enumerate(images):
+            im.save(out.with_name(f"{stem}-{i:02d}{out.suffix}"), pnginfo=meta)
+        print(f"{grid_path}: {len(images)} image(s) for {prompt!r}")
+    return 0
+
+
+def _person_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-i", "--input", action="append", default=[], metavar="PHOTO",
+                   help="a photo of the person (repeat for several: their identities are averaged)")
+    p.add_argument("--msid", help="MSID encoder weights (msid.pt or .safetensors)")
+    p.add_argument("--mapping", help="mapping network weights (mapping.pt or .safetensors)")
+    p.add_argument("--detector", default="auto", choices=["auto", "mediapipe", "insightface"])
+    p.add_argument("--insightface-root", action="append", default=[], metavar="DIR",
+                   help="folder holding models/<pack>/*.onnx (antelopev2 or buffalo_l)")
+    p.add_argument("--face", default="largest", help="'largest' or the n-th face from the left (0 = leftmost)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m f2d", description="Face2Diffusion tools.")
     sub = p.add_subparsers(dest="command", required=True)
+
+    g = sub.add_parser("generate", help="images of a person from a photo and a prompt (diffusers)",
+                       description="Generate images of the person in PHOTO. Defaults follow the official release "
+                                   "(Euler ancestral, 30 steps, guidance 7).")
+    _person_args(g)
+    g.add_argument("--identity", help="an identity file (from `encode` or F2D Save Identity) instead of -i")
+    g.add_argument("-p", "--prompt", help="the prompt, with the identifier where the person goes: 'f l ...'")
+    g.add_argument("--prompts-file", help="one prompt per line (each gets its own grid)")
+    g.add_argument("--base", required=True, help="SD1.x checkpoint (.safetensors/.ckpt) or diffusers folder")
+    g.add_argument("--config", help="for a single-file --base without a network: a diffusers SD1.5 folder or "
+                                    "repo id in the local cache, for its configs")
+    g.add_argument("-n", type=int, default=1, help="images per prompt")
+    g.add_argument("-o", "--output", default="out.png", help="grid file; images go beside it as NAME-00.png, ...")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--steps", type=int, default=30)
+    g.add_argument("--cfg", type=float, default=7.0)
+    g.add_argument("--scheduler", default="euler_a", choices=["euler_a", "euler", "ddim", "dpmpp_2m"])
+    g.add_argument("--negative", default="")
+    g.add_argument("--height", type=int, default=512)
+    g.add_argument("--width", type=int, default=512)
+    g.add_argument("--identity-start", type=float, default=0.0,
+                   help="fraction of steps that use 'a person' before the identity")
+    g.add_argument("--identifier", default="f l")
+    g.add_argument("--device", default="auto", help="auto, cuda, mps or cpu (fp16 on GPUs)")
+    g.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    g.set_defaults(func=_cmd_generate)
+
+    e = sub.add_parser("encode", help="encode a person once into an identity file",
+                       description="Detect, align and encode the face(s) into an identity file, the format of the "
+                                   "ComfyUI nodes F2D Save Identity / F2D Load Identity.")
+    _person_args(e)
+    e.add_argument("-o", "--output", required=True, help="identity file (.safetensors)")
+    e.set_defaults(func=_cmd_encode, identity=None)
+
     c = sub.add_parser(
         "convert",
         help="convert an official msid.pt / mapping.pt to .safetensors",
@@ -30,10 +170,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from .align import AlignmentError
+    from .detect import DetectorUnavailable
+    from .tokens import IdentifierError
+
     try:
         return args.func(args)
-    except (WeightsError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (CLIError, WeightsError, IdentifierError, DetectorUnavailable, AlignmentError, OSError,
+            ValueError) as e:  # ValueError: NoFaceError, identity files, settings
+        print("error: " + "; ".join(str(e).splitlines()), file=sys.stderr)
+        return 2
+    except ImportError as e:
+        print(f"error: {e}. `generate` needs diffusers: pip install diffusers transformers", file=sys.stderr)
         return 2
 
 

@@ -272,3 +272,58 @@ def build_tiny_controlnet(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(sd, str(path))
     return path
+
+
+def clip_l_text_config():
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                          num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu",
+                          projection_dim=768, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407)
+
+
+def formula_transformers_clip():
+    """transformers' CLIPTextModel with the reference formula weights, whatever its key layout
+    (4.x nests them under text_model., 5.x does not)."""
+    from transformers import CLIPTextModel
+
+    model = CLIPTextModel(clip_l_text_config()).eval()
+    keys = set(model.state_dict())
+    sd = {}
+    for k, v in formula_clip_state_dict().items():
+        k = k if k in keys else k.removeprefix("text_model.")
+        if k in keys:
+            sd[k] = v
+    missing = keys - set(sd) - {"text_model.embeddings.position_ids", "embeddings.position_ids"}
+    assert not missing, missing
+    model.load_state_dict(sd, strict=False)
+    return model
+
+
+def clip_tokenizer():
+    """The SD1.x CLIP tokenizer files that ComfyUI ships (no hub download)."""
+    from transformers import CLIPTokenizer
+
+    return CLIPTokenizer.from_pretrained(str(comfy_tree() / "comfy" / "sd1_tokenizer"))
+
+
+def build_tiny_diffusers_sd15(folder: Path) -> Path:
+    """A diffusers SD1.x pipeline folder: tiny UNet and VAE, the full CLIP-L with the formula weights."""
+    if (folder / "model_index.json").is_file():
+        return folder
+    from diffusers import AutoencoderKL, EulerAncestralDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(sample_size=8, block_out_channels=(32, 64), layers_per_block=1,
+                                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=768,
+                                attention_head_dim=8, norm_num_groups=8)
+    vae = AutoencoderKL(block_out_channels=(8, 8, 8, 8), latent_channels=4, norm_num_groups=4,
+                        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
+    scheduler = EulerAncestralDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                                num_train_timesteps=1000, steps_offset=1)
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=formula_transformers_clip(), tokenizer=clip_tokenizer(),
+                                   unet=unet, scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    pipe.save_pretrained(str(folder))
+    return folder

@@ -1,0 +1,184 @@
+"""Face2Diffusion outside ComfyUI, with diffusers: prompt conditioning and image generation.
+
+The identity tokens go into the prompt through a forward hook on the text encoder's embeddings
+module (token + position embedding): the hook replaces that module's output rows at the
+identifier, which is exactly where the official code replaces them. A hook is PyTorch's public
+API, so no transformers class is patched, and the embeddings module is found by what it holds
+(``token_embedding`` and ``position_embedding``), which has survived transformers' re-layouts
+(4.x nests it under ``text_model``, 5.x does not).
+
+diffusers and transformers are imported only here, so the rest of the library runs without them.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .identity import IdentityTokens
+from .tokens import (
+    DEFAULT_IDENTIFIER,
+    IdentifierError,
+    check_identifier,
+    class_prompt,
+    find_identifier,
+    identifier_ids,
+    missing_identifier_message,
+)
+
+log = logging.getLogger(__name__)
+
+SCHEDULERS = {
+    "euler_a": "EulerAncestralDiscreteScheduler",  # the official default
+    "euler": "EulerDiscreteScheduler",
+    "ddim": "DDIMScheduler",
+    "dpmpp_2m": "DPMSolverMultistepScheduler",
+}
+
+
+def embeddings_module(text_encoder: torch.nn.Module) -> torch.nn.Module:
+    for module in text_encoder.modules():
+        if hasattr(module, "token_embedding") and hasattr(module, "position_embedding"):
+            return module
+    raise IdentifierError("the text encoder has no CLIP embeddings module (token + position embedding); "
+                          "Face2Diffusion needs an SD1.x pipeline (CLIP-L text encoder)")
+
+
+@contextmanager
+def replaced_rows(text_encoder: torch.nn.Module, rows: dict[int, torch.Tensor]):
+    """Within the block, the embeddings module's output rows ``rows`` (position -> vector) are
+    replaced, for every prompt in the batch."""
+
+    def hook(module, args, output):
+        output = output.clone()
+        for position, vector in rows.items():
+            output[:, position] = vector.to(device=output.device, dtype=output.dtype)
+        return output
+
+    handle = embeddings_module(text_encoder).register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def _input_ids(tokenizer, text_encoder, text: str) -> torch.Tensor:
+    # The text encoder's position table, not tokenizer.model_max_length, bounds the prompt:
+    # some tokenizer configs (ComfyUI's) set a large maximum and chunk prompts themselves.
+    length = embeddings_module(text_encoder).position_embedding.weight.shape[0]
+    full = tokenizer(text, truncation=False).input_ids
+    if len(full) > length:
+        log.warning("prompt is %d tokens, longer than %d: the rest is cut off, as in diffusers: %r",
+                    len(full), length, text)
+    return tokenizer(text, padding="max_length", max_length=length, truncation=True, return_tensors="pt").input_ids
+
+
+@torch.no_grad()
+def encode_prompt(tokenizer, text_encoder, text: str, tokens: IdentityTokens | None = None,
+                  identifier: str = DEFAULT_IDENTIFIER) -> torch.Tensor:
+    """(1, 77, 768) conditioning; with ``tokens``, the identifier rows carry the identity."""
+    ids = _input_ids(tokenizer, text_encoder, text)
+    device = next(text_encoder.parameters()).device
+    if tokens is None:
+        return text_encoder(ids.to(device))[0]
+    identifier = check_identifier(identifier)
+    pair = identifier_ids(tokenizer(identifier, add_special_tokens=False).input_ids, identifier)
+    special = {tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id}
+    positions = find_identifier([ids[0].tolist()], pair, special)
+    if not positions:
+        raise IdentifierError(missing_identifier_message(text, identifier))
+    rows = {}
+    for p in positions:
+        rows[p.first[1]] = tokens.first.reshape(-1)
+        rows[p.last[1]] = tokens.last.reshape(-1)
+    with replaced_rows(text_encoder, rows):
+        return text_encoder(ids.to(device))[0]
+
+
+def pick_device(name: str = "auto") -> tuple[torch.device, torch.dtype]:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    device = torch.device(name)
+    return device, torch.float16 if device.type in ("cuda", "mps") else torch.float32
+
+
+def load_pipeline(base: str | Path, device: torch.device, dtype: torch.dtype, scheduler: str = "euler_a",
+                  config: str | None = None):
+    """An SD1.x diffusers pipeline from a diffusers folder or a single-file checkpoint."""
+    import diffusers
+
+    base = Path(base)
+    common = dict(torch_dtype=dtype, safety_checker=None, requires_safety_checker=False)
+    if base.is_dir():
+        pipe = diffusers.StableDiffusionPipeline.from_pretrained(str(base), **common)
+    elif base.is_file():
+        kw = {"config": config} if config else {}
+        pipe = diffusers.StableDiffusionPipeline.from_single_file(str(base), **common, **kw)
+    else:
+        raise FileNotFoundError(f"{base}: no such checkpoint file or diffusers folder")
+    if scheduler not in SCHEDULERS:
+        raise ValueError(f"unknown scheduler '{scheduler}'; choose one of {', '.join(SCHEDULERS)}")
+    pipe.scheduler = getattr(diffusers, SCHEDULERS[scheduler]).from_config(pipe.scheduler.config)
+    return pipe.to(device)
+
+
+@dataclass
+class GenerationSettings:
+    prompt: str
+    negative: str = ""
+    n: int = 1
+    steps: int = 30
+    cfg: float = 7.0
+    seed: int = 0
+    height: int = 512
+    width: int = 512
+    identity_start: float = 0.0  # fraction of steps that use the class prompt first
+    identifier: str = DEFAULT_IDENTIFIER
+
+
+@torch.no_grad()
+def generate(pipe, tokens: IdentityTokens, s: GenerationSettings, progress: bool = True):
+    """PIL images of the person in the prompt."""
+    if not 0.0 <= s.identity_start < 1.0:
+        raise ValueError(f"--identity-start must be within 0..1 (below 1), got {s.identity_start}")
+    enc = lambda text, t=None: encode_prompt(pipe.tokenizer, pipe.text_encoder, text, t, s.identifier)  # noqa: E731
+    with_id = enc(s.prompt, tokens)
+    negative = enc(s.negative)
+    start_step = math.ceil(s.identity_start * s.steps)
+    first = enc(class_prompt(s.prompt, s.identifier)) if start_step > 0 else with_id
+    kwargs = {}
+    if start_step > 0:
+        # Delayed subject conditioning: the class prompt ("a person") first, the identity after.
+        def switch(pipeline, step, timestep, callback_kwargs):
+            if step + 1 == start_step:
+                pe = callback_kwargs["prompt_embeds"]
+                n = pe.shape[0] // 2 if pipeline.do_classifier_free_guidance else pe.shape[0]
+                new = with_id.to(pe.dtype).repeat(n, 1, 1)
+                if pipeline.do_classifier_free_guidance:
+                    new = torch.cat([negative.to(pe.dtype).repeat(n, 1, 1), new])
+                return {"prompt_embeds": new}
+            return {}
+
+        kwargs = dict(callback_on_step_end=switch, callback_on_step_end_tensor_inputs=["prompt_embeds"])
+    pipe.set_progress_bar_config(disable=not progress)
+    device = pipe.unet.device
+    generator = torch.Generator("cpu" if device.type == "mps" else device).manual_seed(s.seed)
+    return pipe(prompt_embeds=first, negative_prompt_embeds=negative, num_images_per_prompt=s.n,
+                num_inference_steps=s.steps, guidance_scale=s.cfg, height=s.height, width=s.width,
+                generator=generator, **kwargs).images
+
+
+def grid(images, columns: int = 4):
+    from PIL import Image
+
+    columns = max(1, min(columns, len(images)))
+    rows = math.ceil(len(images) / columns)
+    w, h = images[0].size
+    out = Image.new("RGB", (columns * w, rows * h))
+    for i, im in enumerate(images):
+        out.paste(im, ((i % columns) * w, (i // columns) * h))
+    return out

@@ -1,0 +1,134 @@
+"""`python -m f2d generate / encode`: diffusers outside ComfyUI, checked against the official
+reference and against the ComfyUI nodes. Uses the SD1.x tokenizer files ComfyUI ships."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from f2d_testkit import (
+    REPO,
+    build_tiny_diffusers_sd15,
+    clip_tokenizer,
+    formula_transformers_clip,
+)
+
+pytestmark = pytest.mark.host
+ATOL = 1e-4
+
+
+def cli(*args, timeout=600):
+    return subprocess.run([sys.executable, "-m", "f2d", *map(str, args)], capture_output=True, text=True,
+                          cwd=REPO / "tests", timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def text_encoder():
+    return formula_transformers_clip()
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return clip_tokenizer()
+
+
+@pytest.mark.parametrize("case", ["eiffel", "smile"])
+def test_conditioning_matches_official_with_transformers(text_encoder, tokenizer, reference, fixtures, case):
+    from f2d.generate import encode_prompt
+    from f2d.identity import IdentityTokens
+
+    prompt = json.loads((fixtures / "clip_cases.json").read_text())[case]["prompt"]
+    tokens = IdentityTokens(reference["mapping.first.null_exp"], reference["mapping.last.null_exp"])
+    cond = encode_prompt(tokenizer, text_encoder, prompt, tokens)
+    assert (cond - reference[f"clip.{case}.cond"]).abs().max().item() <= ATOL
+    plain = encode_prompt(tokenizer, text_encoder, prompt)
+    assert (plain - reference[f"clip.{case}.cond_without_identity"]).abs().max().item() <= ATOL
+    # The hook is gone afterwards: a plain encode right after is plain again.
+    assert (encode_prompt(tokenizer, text_encoder, prompt) - plain).abs().max().item() == 0
+
+
+@pytest.fixture(scope="module")
+def pipeline_dir(tmp_path_factory):
+    return build_tiny_diffusers_sd15(tmp_path_factory.mktemp("tiny_sd15") / "pipeline")
+
+
+def test_generate_writes_grid_and_images_with_parameters(pipeline_dir, weight_files, fixtures, tmp_path):
+    out = tmp_path / "out" / "bread.png"
+    r = cli("generate", "-i", fixtures / "astronaut.png", "-p", "f l eating bread in front of the Eiffel Tower",
+            "--base", pipeline_dir, "--msid", weight_files["msid", "pt"], "--mapping", weight_files["mapping", "pt"],
+            "-n", 3, "-o", out, "--steps", 2, "--height", 64, "--width", 64, "--seed", 7, "-q")
+    assert r.returncode == 0, r.stderr
+    grid = Image.open(out)
+    assert grid.size == (192, 64)
+    singles = sorted(out.parent.glob("bread-*.png"))
+    assert [p.name for p in singles] == ["bread-00.png", "bread-01.png", "bread-02.png"]
+    params = json.loads(Image.open(singles[0]).text["parameters"])
+    assert params["prompt"] == "f l eating bread in front of the Eiffel Tower" and params["seed"] == 7
+    assert params["steps"] == 2 and params["scheduler"] == "euler_a" and params["identity"]["photos"] == 1
+
+
+def test_identity_start_runs_the_class_prompt_first(pipeline_dir, weight_files, fixtures, tmp_path):
+    args = ["generate", "-i", fixtures / "astronaut.png", "-p", "a photo of f l", "--base", pipeline_dir,
+            "--msid", weight_files["msid", "pt"], "--mapping", weight_files["mapping", "pt"], "--steps", 4,
+            "--height", 64, "--width", 64, "-q"]
+    assert cli(*args, "-o", tmp_path / "a.png").returncode == 0
+    r = cli(*args, "-o", tmp_path / "b.png", "--identity-start", "0.5")
+    assert r.returncode == 0, r.stderr
+    # The class prompt alone, for comparison: the delayed run must be neither of the two.
+    r = cli(*args, "-o", tmp_path / "c.png", "--identity-start", "0.999")
+    assert r.returncode == 0, r.stderr
+    a, b, c = (np.asarray(Image.open(tmp_path / n), dtype=np.float32) for n in ("a.png", "b.png", "c.png"))
+    assert np.abs(a - b).max() > 0  # the first half saw "a photo of a person"
+    assert np.abs(b - c).max() > 0  # and the second half the identity
+
+
+def test_encode_file_loads_in_the_comfyui_node_with_the_same_tokens(f2d_nodes, host_base, weight_files, fixtures,
+                                                                   pipeline_dir, tmp_path):
+    ident = host_base / "models" / "face2diffusion" / "identities" / "from_cli.safetensors"
+    r = cli("encode", "-i", fixtures / "astronaut.png", "--msid", weight_files["msid", "pt"],
+            "--mapping", weight_files["mapping", "pt"], "-o", ident)
+    assert r.returncode == 0, r.stderr
+    loaded = f2d_nodes.F2DLoadIdentity.execute("from_cli.safetensors").args[0]
+    model = f2d_nodes.F2DLoadMSID.execute("msid.pt", "mapping.pt").args[0]
+    photo = torch.from_numpy(np.array(Image.open(fixtures / "astronaut.png").convert("RGB"))).float()[None] / 255
+    identity = f2d_nodes.F2DEncodeIdentity.execute(model, photo, "auto", "largest", False).args[0]
+    in_comfy = f2d_nodes.F2DExpressionGuidance.execute(model, identity, 1.0).args[0]
+    assert (loaded.tokens.first - in_comfy.tokens.first).abs().max() <= 1e-5
+    assert (loaded.tokens.last - in_comfy.tokens.last).abs().max() <= 1e-5
+    # And the file drives generation without photo or weights.
+    out = tmp_path / "from_identity.png"
+    r = cli("generate", "--identity", ident, "-p", "f l smiling", "--base", pipeline_dir, "-o", out, "--steps", 1,
+            "--height", 64, "--width", 64, "-q")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(Image.open(out).text["parameters"])["identity"]["name"] == "from_cli"
+
+
+@pytest.mark.parametrize("problem", ["no_face", "no_identifier", "wrong_weights", "unreadable_photo"])
+def test_bad_inputs_exit_with_one_clear_line(problem, pipeline_dir, weight_files, fixtures, tmp_path):
+    from skimage import data
+
+    photo, prompt = fixtures / "astronaut.png", "a photo of f l"
+    msid = weight_files["msid", "pt"]
+    if problem == "no_face":
+        photo = tmp_path / "coffee.png"
+        Image.fromarray(data.coffee()).save(photo)
+    elif problem == "no_identifier":
+        prompt = "a photo of a man"
+    elif problem == "wrong_weights":
+        msid = weight_files["mapping", "pt"]
+    else:
+        photo = tmp_path / "broken.jpg"
+        photo.write_bytes(b"not a jpeg at all")
+    r = cli("generate", "-i", photo, "-p", prompt, "--base", pipeline_dir, "--msid", msid,
+            "--mapping", weight_files["mapping", "pt"], "-o", tmp_path / "x.png", "--steps", 1, "-q")
+    assert r.returncode == 2
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("error: ")]
+    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    expect = {"no_face": "image 0: no face found", "no_identifier": "does not contain the identifier 'f l'",
+              "wrong_weights": "not the MSID identity encoder", "unreadable_photo": "not a readable image"}[problem]
+    assert expect in lines[0]
