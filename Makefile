@@ -11,9 +11,10 @@ run: setup
 	bash scripts/run-comfyui.sh --port $(PORT)
 
 test: setup
+	bash scripts/setup-browser.sh
 	.venv/bin/pytest
 
-# Library tests only (no host start-up).
+# Library tests only (no host start-up, no browser).
 test-fast: setup
 	.venv/bin/pytest -m "not host"
 

@@ -85,6 +85,16 @@ class AlignedFaces:
     skipped: list[int] = field(default_factory=list)  # faceless images skipped
     matrices: list[np.ndarray] = field(default_factory=list)  # image -> crop similarity per crop
 
+    def describe(self) -> list[str]:
+        """One line per input image: which face was used, or that it was skipped."""
+        lines = {i: f"photo {i}: no face, skipped" for i in self.skipped}
+        for i, face in zip(self.image_indices, self.chosen):
+            found = self.faces[i]
+            k = next(j for j, f in enumerate(found) if f is face)
+            where = "the only face" if len(found) == 1 else f"face {k} of {len(found)} from the left"
+            lines[i] = f"photo {i}: {where} (score {face.score:.2f})"
+        return [lines[i] for i in sorted(lines)]
+
 
 def _box_from_points(points: np.ndarray) -> np.ndarray:
     lo, hi = points.min(0), points.max(0)

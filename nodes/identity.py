@@ -8,7 +8,7 @@ import comfy.utils
 import folder_paths
 import numpy as np
 import torch
-from comfy_api.latest import io
+from comfy_api.latest import io, ui
 
 from ..f2d.detect import BACKENDS, DetectorUnavailable, get_detector
 from ..f2d.identity import Identity, encode_photos
@@ -92,7 +92,9 @@ class F2DEncodeIdentity(io.ComfyNode):
                 det.close()
         pbar.update_absolute(len(image), len(image))
         crops = torch.from_numpy(np.ascontiguousarray(identity.faces.crops)).float() / 255.0
-        return io.NodeOutput(identity, crops)
+        # Shown on the node: the crops used, and which face of each photo (web/js reads f2d_faces).
+        shown = ui.PreviewImage(crops, cls=cls).as_dict()
+        return io.NodeOutput(identity, crops, ui={"images": shown["images"], "f2d_faces": identity.faces.describe()})
 
 
 class F2DExpressionGuidance(io.ComfyNode):

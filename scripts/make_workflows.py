@@ -166,19 +166,25 @@ def to_ui(api: dict, object_info: dict) -> dict:
 
     for nid in api:
         d(nid)
-    links, nodes, rows = [], {}, {}
+    links, nodes, column_y = [], {}, {}
     for nid, node in api.items():
         info = object_info[node["class_type"]]
         col = depth[nid]
-        row = rows.get(col, 0)
-        rows[col] = row + 1
+        y = column_y.get(col, 60)
+        specs = _input_specs(info)
+        # A size estimate from the widget count (the front end's schema requires one, and grows
+        # a node that is too small); it also keeps the nodes of one column from overlapping.
+        multiline = sum(1 for _, sp in specs if len(sp) > 1 and isinstance(sp[1], dict) and sp[1].get("multiline"))
+        height = 46 + 26 * len(specs) + 20 * len(info["output"]) + 90 * multiline
+        height += 260 if node["class_type"] in ("LoadImage", "SaveImage") else 0
+        column_y[col] = y + height + 50
         entry = {
-            "id": int(nid), "type": node["class_type"], "pos": [60 + col * 380, 60 + row * 300], "size": [340, 260],
+            "id": int(nid), "type": node["class_type"], "pos": [60 + col * 420, y], "size": [380, height],
             "flags": {}, "order": 0, "mode": 0, "inputs": [], "outputs": [],
             "properties": {"Node name for S&R": node["class_type"]}, "widgets_values": [],
             "title": node.get("_meta", {}).get("title", node["class_type"]),
         }
-        for name, spec in _input_specs(info):
+        for name, spec in specs:
             value = node["inputs"].get(name)
             if isinstance(value, list):
                 entry["inputs"].append({"name": name, "type": spec[0] if isinstance(spec[0], str) else "COMBO",

@@ -191,3 +191,15 @@ def test_install_route_keeps_numpy_2():
     r = subprocess.run([sys.executable, str(REPO / "install.py"), "--check"], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "mediapipe 0.10.21 works" in r.stdout
+
+
+def test_description_says_which_face_was_used(detector, astronaut):
+    right = np.array(Image.fromarray(astronaut[:, ::-1]).resize((358, 358), Image.BILINEAR))
+    pair = np.zeros((512, 1024, 3), np.uint8)
+    pair[:, :512] = astronaut
+    pair[77:435, 600:958] = right
+    result = detect_and_align([data.coffee(), pair, astronaut], detector, face="largest", skip_faceless=True)
+    lines = result.describe()
+    assert lines[0] == "photo 0: no face, skipped"
+    assert lines[1].startswith("photo 1: face 0 of 2 from the left")
+    assert lines[2].startswith("photo 2: the only face")
