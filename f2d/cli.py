@@ -108,6 +108,24 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .train.trainer import TrainConfig, Trainer
+
+    cfg = TrainConfig.load(args.config)
+    final = Trainer(cfg).fit(resume=args.resume)
+    print(f"{final}: trained mapping network (loads in F2D Load MSID)")
+    return 0
+
+
+def _cmd_prepare(args: argparse.Namespace) -> int:
+    from .detect import get_detector
+    from .train.data import prepare
+
+    manifest = prepare(Path(args.images), Path(args.out), args.prompt, get_detector(args.detector))
+    print(f"{manifest}: {len(manifest.read_text().splitlines())} sample(s)")
+    return 0
+
+
 def _person_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-i", "--input", action="append", default=[], metavar="PHOTO",
                    help="a photo of the person (repeat for several: their identities are averaged)")
@@ -155,6 +173,22 @@ def build_parser() -> argparse.ArgumentParser:
     _person_args(e)
     e.add_argument("-o", "--output", required=True, help="identity file (.safetensors)")
     e.set_defaults(func=_cmd_encode, identity=None)
+
+    t = sub.add_parser("train", help="train the mapping network (CGDR + Expression Guidance)",
+                       description="Train the mapping network on a manifest of faces (f2d/train/data.py) with the "
+                                   "paper's objective. Several GPUs: accelerate launch -m f2d train --config ...")
+    t.add_argument("--config", required=True, help="a .json or .yaml file of TrainConfig settings")
+    t.add_argument("--resume", help="a checkpoint folder, or 'latest' in the output folder")
+    t.set_defaults(func=_cmd_train)
+
+    d = sub.add_parser("prepare-data", help="a training manifest from a folder of photos",
+                       description="Detect and align the face in each photo, draw a face mask from the detection, "
+                                   "and write manifest.jsonl (expressions left empty: add them from a 3D face model).")
+    d.add_argument("--images", required=True)
+    d.add_argument("--out", required=True)
+    d.add_argument("--prompt", default="a photo of f l")
+    d.add_argument("--detector", default="auto", choices=["auto", "mediapipe", "insightface"])
+    d.set_defaults(func=_cmd_prepare)
 
     c = sub.add_parser(
         "convert",

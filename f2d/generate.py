@@ -49,15 +49,16 @@ def embeddings_module(text_encoder: torch.nn.Module) -> torch.nn.Module:
 
 
 @contextmanager
-def replaced_rows(text_encoder: torch.nn.Module, rows: dict[int, torch.Tensor]):
-    """Within the block, the embeddings module's output rows ``rows`` (position -> vector) are
-    replaced, for every prompt in the batch."""
+def replaced_rows(text_encoder: torch.nn.Module, rows: dict[tuple[int, int], torch.Tensor]):
+    """Within the block, the embeddings module's output at (batch index, position) is replaced by
+    the given vectors. Differentiable: gradients reach the vectors (training)."""
 
     def hook(module, args, output):
-        output = output.clone()
-        for position, vector in rows.items():
-            output[:, position] = vector.to(device=output.device, dtype=output.dtype)
-        return output
+        if not rows:
+            return output
+        index = torch.tensor(list(rows), device=output.device)
+        values = torch.stack([v.reshape(-1) for v in rows.values()]).to(device=output.device, dtype=output.dtype)
+        return output.index_put((index[:, 0], index[:, 1]), values)
 
     handle = embeddings_module(text_encoder).register_forward_hook(hook)
     try:
@@ -77,26 +78,37 @@ def _input_ids(tokenizer, text_encoder, text: str) -> torch.Tensor:
     return tokenizer(text, padding="max_length", max_length=length, truncation=True, return_tensors="pt").input_ids
 
 
-@torch.no_grad()
-def encode_prompt(tokenizer, text_encoder, text: str, tokens: IdentityTokens | None = None,
-                  identifier: str = DEFAULT_IDENTIFIER) -> torch.Tensor:
-    """(1, 77, 768) conditioning; with ``tokens``, the identifier rows carry the identity."""
-    ids = _input_ids(tokenizer, text_encoder, text)
+def encode_prompts(tokenizer, text_encoder, prompts: list[str], first: torch.Tensor | None = None,
+                   last: torch.Tensor | None = None, identifier: str = DEFAULT_IDENTIFIER) -> torch.Tensor:
+    """(B, 77, 768) conditioning for B prompts; with ``first``/``last`` (B, 768), sample b's
+    identifier rows carry identity b. Keeps the autograd graph (training calls it with grad)."""
+    ids = torch.cat([_input_ids(tokenizer, text_encoder, t) for t in prompts])
     device = next(text_encoder.parameters()).device
-    if tokens is None:
+    if first is None:
         return text_encoder(ids.to(device))[0]
     identifier = check_identifier(identifier)
     pair = identifier_ids(tokenizer(identifier, add_special_tokens=False).input_ids, identifier)
     special = {tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id}
-    positions = find_identifier([ids[0].tolist()], pair, special)
-    if not positions:
-        raise IdentifierError(missing_identifier_message(text, identifier))
     rows = {}
-    for p in positions:
-        rows[p.first[1]] = tokens.first.reshape(-1)
-        rows[p.last[1]] = tokens.last.reshape(-1)
+    for b, text in enumerate(prompts):
+        positions = find_identifier([ids[b].tolist()], pair, special)
+        if not positions:
+            raise IdentifierError(missing_identifier_message(text, identifier))
+        for p in positions:
+            rows[(b, p.first[1])] = first[b]
+            rows[(b, p.last[1])] = last[b]
     with replaced_rows(text_encoder, rows):
         return text_encoder(ids.to(device))[0]
+
+
+@torch.no_grad()
+def encode_prompt(tokenizer, text_encoder, text: str, tokens: IdentityTokens | None = None,
+                  identifier: str = DEFAULT_IDENTIFIER) -> torch.Tensor:
+    """(1, 77, 768) conditioning; with ``tokens``, the identifier rows carry the identity."""
+    if tokens is None:
+        return encode_prompts(tokenizer, text_encoder, [text])
+    return encode_prompts(tokenizer, text_encoder, [text], tokens.first.reshape(1, -1), tokens.last.reshape(1, -1),
+                          identifier)
 
 
 def pick_device(name: str = "auto") -> tuple[torch.device, torch.dtype]:

@@ -327,3 +327,57 @@ def build_tiny_diffusers_sd15(folder: Path) -> Path:
                                    requires_safety_checker=False)
     pipe.save_pretrained(str(folder))
     return folder
+
+
+def build_tiny_training_pipeline(text_layers: int = 2):
+    """A diffusers SD1.x pipeline small enough to train on a CPU in seconds: tiny UNet and VAE,
+    and a 2-layer CLIP text encoder of SD1.x's width (768), with the real SD1.x tokenizer."""
+    from diffusers import AutoencoderKL, EulerAncestralDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(sample_size=8, block_out_channels=(32, 64), layers_per_block=1,
+                                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=768,
+                                attention_head_dim=8, norm_num_groups=8)
+    vae = AutoencoderKL(block_out_channels=(8, 8, 8, 8), latent_channels=4, norm_num_groups=4,
+                        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
+    text = CLIPTextModel(CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=256,
+                                        num_hidden_layers=text_layers, num_attention_heads=4,
+                                        max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407,
+                                        pad_token_id=49407)).eval()
+    scheduler = EulerAncestralDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                                num_train_timesteps=1000, steps_offset=1)
+    return StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=clip_tokenizer(), unet=unet,
+                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+
+
+def synthetic_face_data(folder: Path, count: int = 4, size: int = 64) -> Path:
+    """Training images with an elliptical 'face' on a plain background, their masks, aligned
+    faces (the official astronaut crop, mirrored and tinted per sample) and expressions."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    folder.mkdir(parents=True, exist_ok=True)
+    crop = np.array(Image.open(require_fixtures() / "astronaut_aligned_112.png").convert("RGB"))
+    rng = np.random.default_rng(0)
+    lines = []
+    for i in range(count):
+        bg = tuple(int(c) for c in rng.integers(0, 255, 3))
+        fg = tuple(int(c) for c in rng.integers(0, 255, 3))
+        image = Image.new("RGB", (size, size), bg)
+        mask = Image.new("L", (size, size), 0)
+        box = [size * 0.25, size * 0.15, size * 0.75, size * 0.85]
+        ImageDraw.Draw(image).ellipse(box, fill=fg)
+        ImageDraw.Draw(mask).ellipse(box, fill=255)
+        face = crop[:, ::-1] if i % 2 else crop
+        face = np.clip(face.astype(int) + int(rng.integers(-40, 40)), 0, 255).astype(np.uint8)
+        image.save(folder / f"img{i}.png")
+        mask.save(folder / f"mask{i}.png")
+        Image.fromarray(face).save(folder / f"face{i}.png")
+        exp = None if i == count - 1 else [round(float(x), 4) for x in rng.normal(0, 1, 64)]
+        lines.append(json.dumps({"image": f"img{i}.png", "mask": f"mask{i}.png", "face": f"face{i}.png",
+                                 "expression": exp, "prompt": "a photo of f l"}))
+    (folder / "manifest.jsonl").write_text("\n".join(lines) + "\n")
+    return folder / "manifest.jsonl"
