@@ -26,3 +26,13 @@ def weight_files(tmp_path_factory):
         for kind in ("msid", "mapping")
         for fmt in ("pt", "safetensors")
     }
+
+
+@pytest.fixture(scope="session")
+def detector():
+    """The real mediapipe detector (no download)."""
+    from f2d.detect import MediaPipeDetector
+
+    d = MediaPipeDetector()
+    yield d
+    d.close()

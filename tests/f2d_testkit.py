@@ -307,10 +307,9 @@ def clip_tokenizer():
     return CLIPTokenizer.from_pretrained(str(comfy_tree() / "comfy" / "sd1_tokenizer"))
 
 
-def build_tiny_diffusers_sd15(folder: Path) -> Path:
-    """A diffusers SD1.x pipeline folder: tiny UNet and VAE, the full CLIP-L with the formula weights."""
-    if (folder / "model_index.json").is_file():
-        return folder
+def tiny_diffusers_sd15(text_encoder):
+    """A diffusers SD1.x pipeline around ``text_encoder``: tiny UNet (8x8 latents) and VAE, the
+    SD1.x scheduler settings and the real SD1.x tokenizer."""
     from diffusers import AutoencoderKL, EulerAncestralDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
 
     torch.manual_seed(0)
@@ -322,35 +321,28 @@ def build_tiny_diffusers_sd15(folder: Path) -> Path:
                         down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
     scheduler = EulerAncestralDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                                                 num_train_timesteps=1000, steps_offset=1)
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=formula_transformers_clip(), tokenizer=clip_tokenizer(),
-                                   unet=unet, scheduler=scheduler, safety_checker=None, feature_extractor=None,
+    return StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=clip_tokenizer(), unet=unet,
+                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
-    pipe.save_pretrained(str(folder))
+
+
+def build_tiny_diffusers_sd15(folder: Path) -> Path:
+    """A diffusers SD1.x pipeline folder with the full CLIP-L (reference formula weights)."""
+    if not (folder / "model_index.json").is_file():
+        tiny_diffusers_sd15(formula_transformers_clip()).save_pretrained(str(folder))
     return folder
 
 
 def build_tiny_training_pipeline(text_layers: int = 2):
-    """A diffusers SD1.x pipeline small enough to train on a CPU in seconds: tiny UNet and VAE,
-    and a 2-layer CLIP text encoder of SD1.x's width (768), with the real SD1.x tokenizer."""
-    from diffusers import AutoencoderKL, EulerAncestralDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    """Small enough to train on a CPU in seconds: the text encoder is a 2-layer CLIP of SD1.x's
+    width (768)."""
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(sample_size=8, block_out_channels=(32, 64), layers_per_block=1,
-                                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=768,
-                                attention_head_dim=8, norm_num_groups=8)
-    vae = AutoencoderKL(block_out_channels=(8, 8, 8, 8), latent_channels=4, norm_num_groups=4,
-                        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
     text = CLIPTextModel(CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=256,
                                         num_hidden_layers=text_layers, num_attention_heads=4,
                                         max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407,
                                         pad_token_id=49407)).eval()
-    scheduler = EulerAncestralDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                                                num_train_timesteps=1000, steps_offset=1)
-    return StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=clip_tokenizer(), unet=unet,
-                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
+    return tiny_diffusers_sd15(text)
 
 
 def synthetic_face_data(folder: Path, count: int = 4, size: int = 64) -> Path:

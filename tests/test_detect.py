@@ -22,7 +22,6 @@ from f2d.align import AlignmentError, align_to_arcface_template
 from f2d.detect import (
     DetectorUnavailable,
     LandmarksDetector,
-    MediaPipeDetector,
     NoFaceError,
     detect_and_align,
     get_detector,
@@ -31,13 +30,6 @@ from f2d.detect import (
 from f2d_testkit import REPO
 
 SAME_ALIGNMENT = 25.0
-
-
-@pytest.fixture(scope="module")
-def detector():
-    d = MediaPipeDetector()
-    yield d
-    d.close()
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 from skimage import data
 
-from f2d.detect import MediaPipeDetector, detect_and_align
+from f2d.detect import detect_and_align
 from f2d.identity import IdentityEncoder, encode_photos
 from f2d.likeness import Likeness, best_of, cosine, rank, score_images
 
@@ -17,13 +17,6 @@ from f2d.likeness import Likeness, best_of, cosine, rank, score_images
 @pytest.fixture(scope="module")
 def encoder(weight_files):
     return IdentityEncoder.from_files(weight_files["msid", "pt"], weight_files["mapping", "pt"])
-
-
-@pytest.fixture(scope="module")
-def detector():
-    d = MediaPipeDetector()
-    yield d
-    d.close()
 
 
 @pytest.fixture(scope="module")

@@ -25,6 +25,16 @@ function widget(node, name) {
   return node.widgets?.find((w) => w.name === name);
 }
 
+// Runs fn after a widget's own callback, keeping whatever the front end or other packs set.
+function afterChange(w, fn) {
+  const callback = w.callback;
+  w.callback = function () {
+    const r = callback?.apply(this, arguments);
+    fn();
+    return r;
+  };
+}
+
 function drawNote(node, ctx, lines, color) {
   if (!lines?.length || node.flags?.collapsed) return;
   ctx.save();
@@ -74,12 +84,7 @@ function setupPromptNode(node) {
   for (const name of ["text", "identifier"]) {
     const w = widget(node, name);
     if (!w) continue;
-    const callback = w.callback;
-    w.callback = function () {
-      const r = callback?.apply(this, arguments);
-      updateIdentifierState(node);
-      return r;
-    };
+    afterChange(w, () => updateIdentifierState(node));
     (w.inputEl ?? w.element)?.addEventListener?.("input", () => {
       w.value = (w.inputEl ?? w.element).value;
       updateIdentifierState(node);
@@ -127,13 +132,7 @@ function updateModelNote(node) {
 function setupLoaderNode(node) {
   for (const name of ["msid", "mapping"]) {
     const w = widget(node, name);
-    if (!w) continue;
-    const callback = w.callback;
-    w.callback = function () {
-      const r = callback?.apply(this, arguments);
-      updateModelNote(node);
-      return r;
-    };
+    if (w) afterChange(w, () => updateModelNote(node));
   }
   refreshModelFiles();
 }
