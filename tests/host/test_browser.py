@@ -97,6 +97,7 @@ def wait_for(page, node_type: str, expr: str, timeout_s: float = 15):
 
 def test_missing_model_note_appears_and_goes(page, server, shots):
     load(page, REPO / "workflows" / "01_basic_f2d_sampler.json")
+    show_node(page, "F2DLoadMSID")
     note = wait_for(page, "F2DLoadMSID", "node.f2dModelNote")
     assert "models/face2diffusion/ is empty" in note[0] and "msid.pt" in " ".join(note)
     page.screenshot(path=str(shots / "01_missing_models.png"))
@@ -171,6 +172,8 @@ def test_queue_basic_workflow_from_the_page_shows_image_and_chosen_face(page, se
     assert wait_for(page, "F2DEncodeIdentity", "node.imgs?.length") == 1  # the aligned crop on the node
     page.wait_for_timeout(500)
     page.screenshot(path=str(shots / "queued_result.png"))
+    show_node(page, "F2DEncodeIdentity")
+    page.screenshot(path=str(shots / "queued_result_chosen_face.png"))
     saved = list((server.base / "output").glob("f2d_basic_*.png"))
     assert saved, "no image saved"
     assert not page.f2d_errors, page.f2d_errors

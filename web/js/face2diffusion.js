@@ -35,15 +35,25 @@ function afterChange(w, fn) {
   };
 }
 
-function drawNote(node, ctx, lines, color) {
+const LINE = 15;
+
+// One-line notes go just under the node; longer ones (inside=true) get room inside it, since
+// the node below would hide them.
+function drawNote(node, ctx, lines, color, inside = false) {
   if (!lines?.length || node.flags?.collapsed) return;
   ctx.save();
   ctx.font = "12px sans-serif";
   ctx.fillStyle = color;
-  const lineHeight = 15;
-  const top = node.size[1] + 6;
-  lines.forEach((line, i) => ctx.fillText(line, 8, top + 12 + i * lineHeight));
+  const top = inside ? node.size[1] - lines.length * LINE - 4 : node.size[1] + 6;
+  lines.forEach((line, i) => ctx.fillText(line, 8, top + 12 + i * LINE));
   ctx.restore();
+}
+
+function makeRoomForNote(node, lines) {
+  const base = node.computeSize?.()[1] ?? node.size[1];
+  const want = lines?.length ? base + lines.length * LINE + 10 : base;
+  if (lines?.length ? node.size[1] < want : node.f2dGrown) node.setSize([node.size[0], want]);
+  node.f2dGrown = Boolean(lines?.length);
 }
 
 // --- prompt nodes: identifier indicator and "insert identifier" -------------------------
@@ -126,6 +136,7 @@ function updateModelNote(node) {
     if (lines.length) lines.push(`  Files there: ${modelFiles.join(", ")}`);
   }
   node.f2dModelNote = lines.length ? lines : null;
+  makeRoomForNote(node, node.f2dModelNote);
   node.setDirtyCanvas?.(true, true);
 }
 
@@ -186,7 +197,7 @@ app.registerExtension({
     nodeType.prototype.onDrawForeground = function (ctx) {
       const r = draw?.apply(this, arguments);
       if (this.f2dIdentifierNote) drawNote(this, ctx, this.f2dIdentifierNote, this.f2dIdentifierCount > 0 ? OK : BAD);
-      if (this.f2dModelNote) drawNote(this, ctx, this.f2dModelNote, BAD);
+      if (this.f2dModelNote) drawNote(this, ctx, this.f2dModelNote, BAD, true);
       if (this.f2dFacesNote) drawNote(this, ctx, this.f2dFacesNote, OK);
       return r;
     };
