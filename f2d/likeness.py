@@ -4,6 +4,8 @@ The score is the cosine similarity of MSID identity vectors (the 1536-d features
 network reads): the reference identity against the largest face in each image. An image without
 a face scores 0 and is marked faceless; ranking puts faceless images last, then orders by score
 (highest first), ties by position in the batch, so the same batch always ranks the same way.
+With a CLIP image and text model, the score becomes the harmonic mean of identity similarity and
+image-text similarity, as in the paper's identity x text-fidelity analysis.
 """
 from __future__ import annotations
 
@@ -21,6 +23,26 @@ class Likeness:
     index: int  # position in the batch
     similarity: float  # cosine similarity to the reference, 0.0 when faceless
     has_face: bool
+    text: float | None = None  # image-text cosine similarity (CLIP), when scored
+
+    @property
+    def score(self) -> float:
+        """What ranks: the identity similarity, or with a text score the harmonic mean of the two
+        (the paper's combination of identity and text fidelity)."""
+        return self.similarity if self.text is None else harmonic_mean(self.similarity, self.text)
+
+
+def harmonic_mean(a: float, b: float) -> float:
+    """Of two scores clamped at 0: high only when both are high; 0 when either is."""
+    a, b = max(a, 0.0), max(b, 0.0)
+    return 0.0 if a + b == 0 else 2 * a * b / (a + b)
+
+
+def with_text_scores(scores: Sequence[Likeness], image_embeds: torch.Tensor, text_embed: torch.Tensor) -> list[Likeness]:
+    """Add each image's CLIP image-text cosine similarity (image embeds (N, D) against one
+    text embed (1, D), both from the same CLIP model's projection space)."""
+    sims = cosine(image_embeds.reshape(len(scores), -1), text_embed.reshape(1, -1)).tolist()
+    return [Likeness(s.index, s.similarity, s.has_face, float(t)) for s, t in zip(scores, sims)]
 
 
 def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -46,8 +68,8 @@ def score_images(encoder, detector, images: Sequence[np.ndarray], reference: tor
 
 
 def rank(scores: Sequence[Likeness]) -> list[Likeness]:
-    """Faces first, by similarity (highest first); ties and faceless images by batch position."""
-    return sorted(scores, key=lambda s: (not s.has_face, -s.similarity, s.index))
+    """Faces first, by score (highest first); ties and faceless images by batch position."""
+    return sorted(scores, key=lambda s: (not s.has_face, -s.score, s.index))
 
 
 def best_of(scores: Sequence[Likeness], keep: int) -> list[Likeness]:

@@ -7,7 +7,7 @@ import torch
 from comfy_api.latest import io
 
 from ..f2d.detect import BACKENDS, get_detector
-from ..f2d.likeness import best_of, rank, score_images
+from ..f2d.likeness import best_of, rank, score_images, with_text_scores
 from .identity import _insightface_roots, _providers, comfy_image_to_uint8
 from .types import CATEGORY, F2DIdentityIO, F2DIdTokensIO, F2DModelIO
 
@@ -38,7 +38,28 @@ def _score(f2d_model, images, detector, identity, id_tokens):
 
 
 def _describe(scores) -> str:
-    return "\n".join(f"#{s.index}: {s.similarity:.4f}" if s.has_face else f"#{s.index}: no face (0)" for s in scores)
+    def line(s):
+        text = "" if s.text is None else f", text {s.text:.4f} -> {s.score:.4f}"
+        return f"#{s.index}: {s.similarity:.4f}{text}" if s.has_face else f"#{s.index}: no face (0){text}"
+
+    return "\n".join(line(s) for s in scores)
+
+
+def _add_text_scores(scores, images, clip_vision, clip, text):
+    given = [x is not None and x != "" for x in (clip_vision, clip, text)]
+    if not any(given):
+        return scores
+    if not all(given):
+        raise ValueError("the text-fidelity term needs all three: clip_vision (CLIP Vision Loader), clip (a CLIP "
+                         "with its text projection, e.g. clip_l.safetensors through Load CLIP) and text; "
+                         "connect all three or none")
+    image_embeds = clip_vision.encode_image(images)["image_embeds"]
+    _, text_embed = clip.encode_from_tokens(clip.tokenize(text), return_pooled=True)
+    if text_embed is None or text_embed.shape[-1] != image_embeds.shape[-1]:
+        raise ValueError(f"clip_vision embeds {image_embeds.shape[-1]} numbers but the CLIP's text embedding has "
+                         f"{None if text_embed is None else text_embed.shape[-1]}: use the text and vision towers "
+                         "of the same CLIP model (e.g. ViT-L/14: clip_l.safetensors with clip_vision_vit_l)")
+    return with_text_scores(scores, image_embeds.float().cpu(), text_embed.float().cpu())
 
 
 def _reference_inputs() -> list:
@@ -93,17 +114,29 @@ class F2DBestOfN(io.ComfyNode):
                          "without a face come last; ties keep batch order."),
             inputs=_common_inputs() + [
                 io.Int.Input("keep", default=2, min=1, max=4096, tooltip="How many images to keep."),
-            ] + _reference_inputs(),
+            ] + _reference_inputs() + [
+                io.ClipVision.Input("clip_vision", optional=True,
+                                    tooltip="Optional text-fidelity term: a CLIP vision model (e.g. ViT-L/14)..."),
+                io.Clip.Input("clip", optional=True,
+                              tooltip="...the text side of the same CLIP with its projection (e.g. clip_l.safetensors "
+                                      "via Load CLIP; SD1.x checkpoints lack the projection)..."),
+                io.String.Input("text", optional=True, multiline=True, default="",
+                                tooltip="...and the text the images should show (the prompt without 'f l'). "
+                                        "Then the score is the harmonic mean of likeness and image-text similarity."),
+            ],
             outputs=[io.Image.Output("best_images", tooltip="The kept images, best first."),
-                     io.Float.Output("similarity", is_output_list=True, tooltip="Their scores, best first."),
+                     io.Float.Output("similarity", is_output_list=True,
+                                     tooltip="Their scores, best first (with the text term: the harmonic mean)."),
                      io.String.Output("report", tooltip="The ranking as text.")],
             is_output_node=True,
         )
 
     @classmethod
-    def execute(cls, f2d_model, images, detector, keep, identity=None, id_tokens=None) -> io.NodeOutput:
+    def execute(cls, f2d_model, images, detector, keep, identity=None, id_tokens=None, clip_vision=None, clip=None,
+                text=None) -> io.NodeOutput:
         scores = _score(f2d_model, images, detector, identity, id_tokens)
+        scores = _add_text_scores(scores, images, clip_vision, clip, text)
         kept = best_of(scores, keep)
         chosen = images[torch.tensor([s.index for s in kept], dtype=torch.long)]
-        text = "kept (best first):\n" + _describe(kept) + "\nall, ranked:\n" + _describe(rank(scores))
-        return io.NodeOutput(chosen, [s.similarity for s in kept], text, ui={"text": [text]})
+        report = "kept (best first):\n" + _describe(kept) + "\nall, ranked:\n" + _describe(rank(scores))
+        return io.NodeOutput(chosen, [s.score for s in kept], report, ui={"text": [report]})

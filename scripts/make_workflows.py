@@ -185,13 +185,13 @@ def to_ui(api: dict, object_info: dict) -> dict:
             "title": node.get("_meta", {}).get("title", node["class_type"]),
         }
         for name, spec in specs:
-            value = node["inputs"].get(name)
+            extra = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+            value = node["inputs"].get(name, extra.get("default"))
             if isinstance(value, list):
                 entry["inputs"].append({"name": name, "type": spec[0] if isinstance(spec[0], str) else "COMBO",
                                         "link": None, "_from": value})
             elif _is_widget(spec):
                 entry["widgets_values"].append(value)
-                extra = spec[1] if len(spec) > 1 else {}
                 if extra.get("control_after_generate"):
                     entry["widgets_values"].append("fixed")
                 if extra.get("image_upload"):

@@ -82,3 +82,19 @@ def test_batch_without_any_face_scores_zero(encoder, detector, photos, reference
 def test_cosine_helper():
     a = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
     assert cosine(a, torch.tensor([[2.0, 0.0]])).tolist() == pytest.approx([1.0, 2 ** -0.5])
+
+
+def test_text_fidelity_combines_by_harmonic_mean_and_can_reorder():
+    from f2d.likeness import harmonic_mean, with_text_scores
+
+    assert harmonic_mean(0.8, 0.2) == pytest.approx(2 * 0.8 * 0.2 / 1.0)
+    assert harmonic_mean(0.5, -0.3) == 0.0 and harmonic_mean(0.0, 0.0) == 0.0
+    scores = [Likeness(0, 0.9, True), Likeness(1, 0.6, True), Likeness(2, 0.0, False)]
+    assert [s.index for s in rank(scores)] == [0, 1, 2]
+    # Image 0 ignores the text (orthogonal embed), image 1 follows it: 1 now ranks first.
+    image_embeds = torch.tensor([[0.0, 1.0], [1.0, 0.2], [1.0, 0.0]])
+    text = torch.tensor([[1.0, 0.0]])
+    both = with_text_scores(scores, image_embeds, text)
+    assert both[0].text == pytest.approx(0.0, abs=1e-9) and both[0].score == 0.0
+    assert both[1].score == pytest.approx(harmonic_mean(0.6, float(1 / np.hypot(1, 0.2))))
+    assert [s.index for s in rank(both)] == [1, 0, 2]  # faceless still last

@@ -246,3 +246,38 @@ def test_similarity_and_best_of_n_nodes(f2d_nodes, fixtures):
     assert same == pytest.approx(sims, abs=1e-6)
     with pytest.raises(ValueError, match="connect a reference"):
         f2d_nodes.F2DIdentitySimilarity.execute(model, batch, "mediapipe")
+
+
+def test_best_of_n_text_fidelity_term(f2d_nodes, fixtures):
+    from PIL import Image
+
+    class StandInClipVision:  # ComfyUI's CLIP vision API: encode_image(images)["image_embeds"]
+        def encode_image(self, images):
+            return {"image_embeds": torch.tensor([[0.0, 1.0], [1.0, 0.0]])}
+
+    class StandInClip:  # and CLIP's tokenize / encode_from_tokens(return_pooled=True)
+        def __init__(self, width=2):
+            self.width = width
+
+        def tokenize(self, text):
+            return {"l": text}
+
+        def encode_from_tokens(self, tokens, return_pooled=False):
+            return None, torch.eye(self.width)[:1]
+
+    model = f2d_nodes.F2DLoadMSID.execute("msid.pt", "mapping.pt").args[0]
+    astronaut = np.array(Image.open(fixtures / "astronaut.png").convert("RGB"))
+    identity = f2d_nodes.F2DEncodeIdentity.execute(model, torch.from_numpy(astronaut).float()[None] / 255,
+                                                   "mediapipe", "largest", False).args[0]
+    batch = torch.from_numpy(np.stack([astronaut, astronaut[:, ::-1]])).float() / 255
+    plain = f2d_nodes.F2DBestOfN.execute(model, batch, "mediapipe", 1, identity).args
+    assert torch.equal(plain[0][0], batch[0])  # by likeness: the photo itself
+    # The mirror matches the text and the photo does not: with the text term the mirror wins.
+    images, scores, report = f2d_nodes.F2DBestOfN.execute(model, batch, "mediapipe", 1, identity, None,
+                                                          StandInClipVision(), StandInClip(), "a photo").args
+    assert torch.equal(images[0], batch[1]) and "text 1.0000" in report
+    with pytest.raises(ValueError, match="needs all three"):
+        f2d_nodes.F2DBestOfN.execute(model, batch, "mediapipe", 1, identity, None, StandInClipVision(), None, "")
+    with pytest.raises(ValueError, match="same CLIP model"):
+        f2d_nodes.F2DBestOfN.execute(model, batch, "mediapipe", 1, identity, None, StandInClipVision(),
+                                     StandInClip(width=3), "a photo")
