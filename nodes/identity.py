@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 
 import comfy.model_management as mm
 import comfy.utils
@@ -10,7 +11,7 @@ import numpy as np
 import torch
 from comfy_api.latest import io, ui
 
-from ..f2d.detect import BACKENDS, DetectorUnavailable, get_detector
+from ..f2d.detect import BACKENDS, get_detector
 from ..f2d.identity import Identity, encode_photos
 from ..f2d.identity_file import load_identity, save_identity
 from ..f2d.mapping import EXPRESSION_DIM
@@ -34,6 +35,17 @@ def _insightface_roots() -> list[str]:
     if "insightface" in folder_paths.folder_names_and_paths:
         roots += [p for p in folder_paths.get_folder_paths("insightface") if p not in roots]
     return roots
+
+
+@contextmanager
+def face_detector(backend: str):
+    """The chosen detector with the pack's model folders, closed afterwards (mediapipe holds graphs)."""
+    det = get_detector(backend, insightface_roots=_insightface_roots(), insightface_providers=_providers())
+    try:
+        yield det
+    finally:
+        if hasattr(det, "close"):
+            det.close()
 
 
 def comfy_image_to_uint8(image: torch.Tensor) -> np.ndarray:
@@ -78,19 +90,12 @@ class F2DEncodeIdentity(io.ComfyNode):
 
     @classmethod
     def execute(cls, f2d_model, image, detector, face, skip_faceless) -> io.NodeOutput:
-        try:
-            det = get_detector(detector, insightface_roots=_insightface_roots(), insightface_providers=_providers())
-        except DetectorUnavailable as e:
-            raise DetectorUnavailable(f"F2D Encode Identity: {e}") from None
-        mm.load_model_gpu(f2d_model.patcher)
-        pbar = comfy.utils.ProgressBar(len(image))
-        try:
-            identity = encode_photos(f2d_model.encoder, det, list(comfy_image_to_uint8(image)), face=face, skip_faceless=skip_faceless,
-                                     progress=lambda i, n: pbar.update_absolute(i, n))
-        finally:
-            if hasattr(det, "close"):
-                det.close()
-        pbar.update_absolute(len(image), len(image))
+        with face_detector(detector) as det:
+            mm.load_model_gpu(f2d_model.patcher)
+            pbar = comfy.utils.ProgressBar(len(image))
+            identity = encode_photos(f2d_model.encoder, det, list(comfy_image_to_uint8(image)), face=face,
+                                     skip_faceless=skip_faceless, progress=lambda i, n: pbar.update_absolute(i, n))
+            pbar.update_absolute(len(image), len(image))
         crops = torch.from_numpy(np.ascontiguousarray(identity.faces.crops)).float() / 255.0
         # Shown on the node: the crops used, and which face of each photo (web/js reads f2d_faces).
         shown = ui.PreviewImage(crops, cls=cls).as_dict()

@@ -6,9 +6,9 @@ import comfy.utils
 import torch
 from comfy_api.latest import io
 
-from ..f2d.detect import BACKENDS, get_detector
+from ..f2d.detect import BACKENDS
 from ..f2d.likeness import best_of, rank, score_images, with_text_scores
-from .identity import _insightface_roots, _providers, comfy_image_to_uint8
+from .identity import comfy_image_to_uint8, face_detector
 from .types import CATEGORY, F2DIdentityIO, F2DIdTokensIO, F2DModelIO
 
 
@@ -26,15 +26,11 @@ def _reference(identity, id_tokens) -> torch.Tensor:
 
 def _score(f2d_model, images, detector, identity, id_tokens):
     reference = _reference(identity, id_tokens)
-    det = get_detector(detector, insightface_roots=_insightface_roots(), insightface_providers=_providers())
-    mm.load_model_gpu(f2d_model.patcher)
-    pbar = comfy.utils.ProgressBar(len(images))
-    try:
+    with face_detector(detector) as det:
+        mm.load_model_gpu(f2d_model.patcher)
+        pbar = comfy.utils.ProgressBar(len(images))
         return score_images(f2d_model.encoder, det, list(comfy_image_to_uint8(images)), reference,
                             progress=lambda i, n: pbar.update_absolute(i, n))
-    finally:
-        if hasattr(det, "close"):
-            det.close()
 
 
 def _describe(scores) -> str:
