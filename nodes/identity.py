@@ -48,9 +48,10 @@ def face_detector(backend: str):
             det.close()
 
 
-def comfy_image_to_uint8(image: torch.Tensor) -> np.ndarray:
-    """ComfyUI IMAGE (B, H, W, C) floats in 0..1 -> uint8 array, as the photos were stored."""
-    return (image.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+def comfy_images(image: torch.Tensor) -> list[np.ndarray]:
+    """ComfyUI IMAGE (B, H, W, C) floats in 0..1 -> one array per photo; f2d turns each into
+    8-bit RGB (f2d.align.to_uint8_rgb), as the photos were stored."""
+    return list(image.cpu().numpy())
 
 
 def _providers() -> list[str]:
@@ -93,7 +94,7 @@ class F2DEncodeIdentity(io.ComfyNode):
         with face_detector(detector) as det:
             mm.load_model_gpu(f2d_model.patcher)
             pbar = comfy.utils.ProgressBar(len(image))
-            identity = encode_photos(f2d_model.encoder, det, list(comfy_image_to_uint8(image)), face=face,
+            identity = encode_photos(f2d_model.encoder, det, comfy_images(image), face=face,
                                      skip_faceless=skip_faceless, progress=lambda i, n: pbar.update_absolute(i, n))
             pbar.update_absolute(len(image), len(image))
         crops = torch.from_numpy(np.ascontiguousarray(identity.faces.crops)).float() / 255.0

@@ -8,7 +8,7 @@ from comfy_api.latest import io
 
 from ..f2d.detect import BACKENDS
 from ..f2d.likeness import best_of, rank, score_images, with_text_scores
-from .identity import comfy_image_to_uint8, face_detector
+from .identity import comfy_images, face_detector
 from .types import CATEGORY, F2DIdentityIO, F2DIdTokensIO, F2DModelIO
 
 
@@ -29,7 +29,7 @@ def _score(f2d_model, images, detector, identity, id_tokens):
     with face_detector(detector) as det:
         mm.load_model_gpu(f2d_model.patcher)
         pbar = comfy.utils.ProgressBar(len(images))
-        return score_images(f2d_model.encoder, det, list(comfy_image_to_uint8(images)), reference,
+        return score_images(f2d_model.encoder, det, comfy_images(images), reference,
                             progress=lambda i, n: pbar.update_absolute(i, n))
 
 

@@ -80,11 +80,15 @@ class FaceDataset:
     def __len__(self) -> int:
         return len(self.entries)
 
+    def face(self, i: int) -> np.ndarray:
+        """The aligned face alone (the frozen MSID's input), without reading the image and mask."""
+        return np.array(Image.open(self.entries[i]["face"]).convert("RGB").resize((112, 112), Image.BILINEAR))
+
     def __getitem__(self, i: int) -> Sample:
         e = self.entries[i]
         image = _square(Image.open(e["image"]).convert("RGB"), self.resolution, Image.BICUBIC)
         mask = _square(Image.open(e["mask"]).convert("L"), self.resolution, Image.BILINEAR)
-        face = np.array(Image.open(e["face"]).convert("RGB").resize((112, 112), Image.BILINEAR))
+        face = self.face(i)
         exp = e.get("expression")
         return Sample(
             image=torch.from_numpy(np.array(image)).permute(2, 0, 1).float() / 127.5 - 1,

@@ -15,8 +15,10 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from ..align import crop_to_tensor_input
 from ..generate import encode_prompts
 from ..mapping import MappingNetwork
 from ..msid import MSIDEncoder
@@ -95,8 +97,7 @@ class Trainer:
         self.data = FaceDataset(cfg.data, cfg.resolution)
         # The MSID is frozen and its input fixed per sample: encode each face once.
         with torch.no_grad():
-            faces = torch.stack([torch.from_numpy(self.data[i].face) for i in range(len(self.data))])
-            x = faces.permute(0, 3, 1, 2).float().to(device) / 127.5 - 1
+            x = crop_to_tensor_input(np.stack([self.data.face(i) for i in range(len(self.data))])).to(device)
             self.features = torch.cat([self.msid(x[i:i + 16]) for i in range(0, len(x), 16)]).float()
         if cfg.mapping_init:
             mapping = load_mapping(cfg.mapping_init)
@@ -202,7 +203,7 @@ class Trainer:
         mapping = self.acc.unwrap_model(self.mapping)
         mapping.eval()
         with torch.no_grad():
-            x = torch.from_numpy(crops).permute(0, 3, 1, 2).float().to(self.acc.device) / 127.5 - 1
+            x = crop_to_tensor_input(crops).to(self.acc.device)
             first, last = mapping(self.msid(x))
         mapping.train()
         paths = []
