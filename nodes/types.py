@@ -39,3 +39,13 @@ class F2DIdTokens:
     tokens: IdentityTokens
     identity: torch.Tensor | None = None  # (1, 1536) averaged MSID identity
     info: dict = field(default_factory=dict)
+
+
+def unknown_choice(name: str, value, options) -> str | None:
+    """The message for a combo value that is not among its options (API prompts can send anything;
+    ComfyUI 0.3.75 does not check V3 combos and would run with a silent substitute), else None."""
+    options = list(options)
+    if value is None or value in options:  # None: fed by a link, checked when it arrives
+        return None
+    shown = ", ".join(map(str, options[:8])) + (", ..." if len(options) > 8 else "")
+    return f"{name}: '{value}' is not one of the choices ({shown}); pick one from the list"
