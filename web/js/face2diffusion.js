@@ -1,5 +1,7 @@
-// Face2Diffusion front-end: shows in the graph what would otherwise fail after queueing --
-// a prompt without the identifier, missing model files -- and what F2D Encode Identity used.
+// Face2Diffusion front-end: shows on the node what would otherwise fail after queueing -- a
+// prompt without the identifier, missing model files -- and which face F2D Encode Identity used.
+// The notes are DOM widgets (node.addDOMWidget): the classic canvas view and the Nodes 2.0 (Vue)
+// view both render those, while canvas painting (onDrawForeground) is never called in Nodes 2.0.
 // Only this pack's nodes (types starting with "F2D") are touched.
 import { app } from "../../../scripts/app.js";
 import { api } from "../../../scripts/api.js";
@@ -7,22 +9,129 @@ import { api } from "../../../scripts/api.js";
 const PROMPT_NODES = new Set(["F2DTextEncode", "F2DSampler"]);
 const COLOR = "#2a4d5c";
 const BGCOLOR = "#1d3540";
-const OK = "#6cc08b";
-const BAD = "#e06c75";
 const MODEL_FOLDER = "face2diffusion";
+const NOTE = "f2d_note";
+const LINE = 16; // px per note line (see the style below)
+const NOTE_MARGIN = 6; // px around the note in the classic view
 
-// Same rule as f2d/tokens.py (class_prompt): the identifier's words as whole words, any
-// whitespace between, case-insensitive; prompt weighting such as "(f l:1.2)" still counts.
-export function countIdentifier(text, identifier) {
-  const words = (identifier || "").trim().split(/\s+/).filter(Boolean);
-  if (words.length !== 2) return -1;
-  const esc = words.map((w) => w.replace(/[.*+?^${}()|[\]\\]/g, "\\$&"));
-  const re = new RegExp(`(?<![\\w])${esc.join("\\s+")}(?![\\w])`, "gi");
-  return ((text || "").match(re) || []).length;
+// --- the identifier rule, as the nodes apply it ---------------------------------------------
+// The nodes (f2d/tokens.py through ComfyUI's CLIP tokenizer) look for the identifier's two
+// tokens as consecutive content tokens of the tokenized prompt. The same steps here, on words
+// instead of BPE ids (each identifier word is one token): ComfyUI's weight syntax is parsed
+// away, "embedding:name" words become non-text, and each piece is split as CLIP's tokenizer
+// splits it (lower case, letters / single digits / punctuation runs).
+
+// comfy/sd1_clip.py parse_parentheses + token_weights: "(a b:1.2)" and "(a b)" -> "a b".
+function weightedSegments(text) {
+  const segments = [];
+  const split = (s) => {
+    const out = [];
+    let item = "";
+    let depth = 0;
+    for (const ch of s) {
+      if (ch === "(") {
+        if (depth === 0) {
+          if (item) out.push(item);
+          item = "(";
+        } else item += ch;
+        depth += 1;
+      } else if (ch === ")") {
+        depth -= 1;
+        if (depth === 0) {
+          out.push(item + ")");
+          item = "";
+        } else item += ch;
+      } else item += ch;
+    }
+    if (item) out.push(item);
+    return out;
+  };
+  const walk = (s) => {
+    for (let x of split(s)) {
+      if (x.length >= 2 && x[0] === "(" && x[x.length - 1] === ")") {
+        x = x.slice(1, -1);
+        const colon = x.lastIndexOf(":");
+        if (colon > 0 && isPythonFloat(x.slice(colon + 1))) x = x.slice(0, colon);
+        walk(x);
+      } else segments.push(x);
+    }
+  };
+  walk(text.replaceAll("\\)", "\0\x01").replaceAll("\\(", "\0\x02"));
+  return segments.map((s) => s.replaceAll("\0\x01", ")").replaceAll("\0\x02", "("));
 }
 
+function isPythonFloat(s) {
+  return /^\s*[+-]?((\d(_?\d)*)?\.?\d(_?\d)*([eE][+-]?\d+)?|(\d(_?\d)*)\.|inf(inity)?|nan)\s*$/i.test(s);
+}
+
+// An "embedding:name" word is an embedding (vectors, not text) or, if there is no such file,
+// dropped by ComfyUI; either way it is no content token. Text after it in the word still counts.
+function withoutEmbeddings(segment) {
+  const pieces = segment.split(/ embedding:|\nembedding:/);
+  const out = [pieces[0]];
+  for (const piece of pieces.slice(1)) out.push(`embedding:${piece}`);
+  return out.map((piece) => {
+    if (!piece.startsWith("embedding:")) return piece;
+    const [name, ...rest] = piece.slice("embedding:".length).replace(/^\n+|\n+$/g, "").split(/\s+/).filter(Boolean);
+    const stripped = (name ?? "").replace(/^,+|,+$/g, "");
+    const trailing = name && stripped.length < name.length ? name.slice(stripped.length) : "";
+    return trailing ? `${trailing} ${rest.join(" ")}` : rest.join(" ");
+  });
+}
+
+const CLIP_PIECES = /<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|\p{L}+|\p{N}|[^\s\p{L}\p{N}]+/gu;
+const SPECIAL = new Set(["<|startoftext|>", "<|endoftext|>"]);
+
+function clipWords(text) {
+  const words = [];
+  for (const segment of weightedSegments(text ?? "")) {
+    for (const piece of withoutEmbeddings(segment)) {
+      const clean = piece.normalize("NFC").replace(/\s+/g, " ").toLowerCase();
+      for (const [w] of clean.matchAll(CLIP_PIECES)) if (!SPECIAL.has(w)) words.push(w);
+    }
+  }
+  return words;
+}
+
+// How many times the identifier stands in the prompt (as the nodes count it), or -1 if the
+// identifier is not two words, -2 if a word of it is not one plain word (e.g. "f2" or "f-l").
+export function countIdentifier(text, identifier) {
+  if ((identifier ?? "").trim().split(/\s+/).filter(Boolean).length !== 2) return -1;
+  const ids = clipWords(identifier);
+  if (ids.length !== 2) return -2;
+  const words = clipWords(text);
+  let n = 0;
+  for (let k = 0; k + 1 < words.length; k++) {
+    if (words[k] === ids[0] && words[k + 1] === ids[1]) {
+      n += 1;
+      k += 1;
+    }
+  }
+  return n;
+}
+
+// --- graph helpers ---------------------------------------------------------------------------
 function widget(node, name) {
   return node.widgets?.find((w) => w.name === name);
+}
+
+// Every node of a type, in the root graph and in every subgraph (nodes inside a subgraph are
+// not in app.graph's own node list).
+function nodesOfType(type) {
+  const root = app.rootGraph ?? app.graph;
+  const graphs = [root, ...(root?.subgraphs?.values?.() ?? [])];
+  const seen = new Set();
+  const found = [];
+  while (graphs.length) {
+    const graph = graphs.pop();
+    if (!graph || seen.has(graph)) continue;
+    seen.add(graph);
+    for (const node of graph.nodes ?? graph._nodes ?? []) {
+      if (node.subgraph) graphs.push(node.subgraph);
+      if (node.type === type) found.push(node);
+    }
+  }
+  return found;
 }
 
 // Runs fn after a widget's own callback, keeping whatever the front end or other packs set.
@@ -35,72 +144,146 @@ function afterChange(w, fn) {
   };
 }
 
-const LINE = 15;
-
-// One-line notes go just under the node; longer ones (inside=true) get room inside it, since
-// the node below would hide them.
-function drawNote(node, ctx, lines, color, inside = false) {
-  if (!lines?.length || node.flags?.collapsed) return;
-  ctx.save();
-  ctx.font = "12px sans-serif";
-  ctx.fillStyle = color;
-  const top = inside ? node.size[1] - lines.length * LINE - 4 : node.size[1] + 6;
-  lines.forEach((line, i) => ctx.fillText(line, 8, top + 12 + i * LINE));
-  ctx.restore();
+// --- the note: a DOM widget at the bottom of the node ----------------------------------------
+function addStyle() {
+  if (document.getElementById("f2d-style")) return;
+  const style = document.createElement("style");
+  style.id = "f2d-style";
+  style.textContent = `
+    .f2d-note { box-sizing: border-box; width: 100%; padding: 3px 6px; border-radius: 4px;
+      font: 12px/${LINE}px sans-serif; white-space: pre-wrap; overflow-wrap: anywhere;
+      pointer-events: none; background: rgba(0, 0, 0, 0.25); }
+    .f2d-note[data-state="ok"] { color: #6cc08b; }
+    .f2d-note[data-state="bad"] { color: #ff8a8a; border-left: 3px solid #e06c75; }
+    .f2d-note[data-state="info"] { color: #b8c4cc; }
+    .f2d-note .f2d-warn { color: #e5c07b; }`;
+  document.head.append(style);
 }
 
-function makeRoomForNote(node, lines) {
-  const base = node.computeSize?.()[1] ?? node.size[1];
-  const want = lines?.length ? base + lines.length * LINE + 10 : base;
-  if (lines?.length ? node.size[1] < want : node.f2dGrown) node.setSize([node.size[0], want]);
-  node.f2dGrown = Boolean(lines?.length);
+function noteHeight(node) {
+  const el = node.f2dNote?.element;
+  if (!el) return 0;
+  // Wrapped lines count too: at the node's width, a long line takes two or three.
+  const width = Math.max(120, (node.size?.[0] ?? 300) - 30);
+  const perLine = Math.max(20, Math.floor(width / 6.5));
+  const lines = [...el.children].reduce((n, line) => n + Math.max(1, Math.ceil(line.textContent.length / perLine)), 0);
+  return Math.max(1, lines) * LINE + 8;
 }
 
-// --- prompt nodes: identifier indicator and "insert identifier" -------------------------
+function addNote(node) {
+  addStyle();
+  const element = document.createElement("div");
+  element.className = "f2d-note";
+  element.dataset.f2dNote = node.type;
+  const w = node.addDOMWidget(NOTE, "f2d-note", element, {
+    serialize: false,
+    hideOnZoom: false,
+    getValue: () => element.textContent,
+    setValue: () => {},
+    getMinHeight: () => noteHeight(node),
+    // Spare height goes to the text boxes; the slack covers a wrap more than estimated.
+    getMaxHeight: () => noteHeight(node) + 2 * LINE,
+    margin: NOTE_MARGIN,
+  });
+  w.serialize = false; // not part of saved workflows or prompts
+  node.f2dNote = { widget: w, element };
+}
+
+// state: "ok" (green), "bad" (red), "info" (grey).
+function setNote(node, lines, state) {
+  const note = node.f2dNote;
+  if (!note) return;
+  note.element.dataset.f2dNode = String(node.id); // ids are set once the node is in a graph
+  const same = note.element.dataset.state === state &&
+    note.element.children.length === lines.length &&
+    [...note.element.children].every((c, i) => c.textContent === lines[i]);
+  if (same) return;
+  note.element.dataset.state = state;
+  note.element.replaceChildren(...lines.map((line) => {
+    const div = document.createElement("div");
+    div.textContent = line;
+    // A line the node flags (a skipped photo, a face too small, a warning) stands out.
+    if (/warn|too small|tiny|skipped|no face/i.test(line)) div.className = "f2d-warn";
+    return div;
+  }));
+  // Room for the note in the classic view (Nodes 2.0 lays the node out from the DOM). Only ever
+  // grown: the front end spreads any spare height over the text boxes, and a node shrunk to
+  // computeSize leaves DOM widgets less than their minimum once margins are taken.
+  const want = node.computeSize?.();
+  if (want && node.size && node.size[1] < want[1] + 2 * NOTE_MARGIN) {
+    node.setSize([Math.max(node.size[0], want[0]), want[1] + 2 * NOTE_MARGIN]);
+  }
+  node.setDirtyCanvas?.(true, true);
+}
+
+// --- prompt nodes: identifier check and "insert identifier" --------------------------------
 function updateIdentifierState(node) {
   const text = widget(node, "text")?.value ?? "";
   const identifier = widget(node, "identifier")?.value ?? "f l";
   const n = countIdentifier(text, identifier);
   node.f2dIdentifierCount = n;
-  node.f2dIdentifierNote =
-    n < 0
-      ? [`✗ identifier "${identifier}" must be two words`]
-      : n === 0
-        ? [`✗ no "${identifier}" in the prompt: the person will not appear`]
-        : [`✓ "${identifier}" ×${n}${n > 1 ? " (same person at each place)" : ""}`];
-  node.setDirtyCanvas?.(true, true);
+  if (n === -1) setNote(node, [`✗ identifier "${identifier}" must be two words, e.g. "f l"`], "bad");
+  else if (n === -2) setNote(node, [`✗ identifier "${identifier}": two plain words (letters only), e.g. "f l"`], "bad");
+  else if (n === 0) setNote(node, [`✗ no "${identifier}" in the prompt: the person will not appear`], "bad");
+  else setNote(node, [`✓ "${identifier}" ×${n}${n > 1 ? " (same person at each place)" : ""}`], "ok");
+}
+
+// The widget's own text box (classic view). Nodes 2.0 draws its own text areas: those reach us
+// through the widget's value and the document-wide input listener (onTyping).
+function textBox(w) {
+  return w?.element instanceof HTMLTextAreaElement || w?.element instanceof HTMLInputElement ? w.element : null;
 }
 
 function insertIdentifier(node) {
   const w = widget(node, "text");
   const identifier = (widget(node, "identifier")?.value ?? "f l").trim();
   if (!w) return;
-  const el = w.inputEl ?? w.element;
+  const el = document.activeElement instanceof HTMLTextAreaElement ? document.activeElement : textBox(w);
   const value = w.value ?? "";
   let at = value.length;
-  if (el && typeof el.selectionStart === "number" && document.activeElement === el) at = el.selectionStart;
+  if (el && el.value === value && typeof el.selectionStart === "number" && document.activeElement === el) at = el.selectionStart;
   const before = value.slice(0, at);
   const after = value.slice(at);
   const left = before && !/\s$/.test(before) ? " " : "";
   const right = after && !/^\s/.test(after) ? " " : "";
   w.value = `${before}${left}${identifier}${right}${after}`;
-  if (el) el.value = w.value;
+  const box = textBox(w);
+  if (box) box.value = w.value;
   w.callback?.(w.value);
   updateIdentifierState(node);
 }
 
 function setupPromptNode(node) {
   node.addWidget("button", "insert identifier", null, () => insertIdentifier(node), { serialize: false });
+  addNote(node);
   for (const name of ["text", "identifier"]) {
     const w = widget(node, name);
     if (!w) continue;
     afterChange(w, () => updateIdentifierState(node));
-    (w.inputEl ?? w.element)?.addEventListener?.("input", () => {
-      w.value = (w.inputEl ?? w.element).value;
-      updateIdentifierState(node);
-    });
+    textBox(w)?.addEventListener("input", () => updateIdentifierState(node));
   }
   updateIdentifierState(node);
+}
+
+// Typing in a text box updates the widget's value on every key in both views, but not every
+// front end calls the widget's callback for each key: one listener on the document checks the
+// prompt node whose box is being typed in.
+function onTyping(event) {
+  const box = event.target;
+  if (!(box instanceof HTMLTextAreaElement || box instanceof HTMLInputElement)) return;
+  const nodeEl = box.closest?.("[data-node-id]");
+  const check = () => {
+    for (const type of PROMPT_NODES) {
+      for (const node of nodesOfType(type)) {
+        const mine = [widget(node, "text"), widget(node, "identifier")].some((w) => textBox(w) === box) ||
+          (nodeEl && String(node.id) === nodeEl.dataset.nodeId);
+        if (mine) updateIdentifierState(node);
+      }
+    }
+  };
+  check();
+  // Vue writes the widget value after the input event: look again once it has.
+  setTimeout(check, 50);
 }
 
 // --- F2D Load MSID: which files go where -----------------------------------------------
@@ -114,33 +297,30 @@ async function refreshModelFiles() {
   } catch {
     modelFiles = null;
   }
-  for (const node of app.graph?._nodes ?? []) {
-    if (node.type === "F2DLoadMSID") updateModelNote(node);
-  }
+  for (const node of nodesOfType("F2DLoadMSID")) updateModelNote(node);
 }
 
 function updateModelNote(node) {
   if (modelFiles === null) return;
   const lines = [];
   if (modelFiles.length === 0) {
-    lines.push(`✗ models/${MODEL_FOLDER}/ is empty. Put the official Face2Diffusion`);
-    lines.push("  weights there: msid.pt (MSID encoder) and mapping.pt (mapping");
-    lines.push("  network), .pt or .safetensors; then press R to refresh.");
+    lines.push(`✗ models/${MODEL_FOLDER}/ is empty: put msid.pt and mapping.pt there`);
+    lines.push("(the official weights, .pt or .safetensors)");
   } else {
     for (const name of ["msid", "mapping"]) {
       const value = widget(node, name)?.value;
-      if (value && !modelFiles.includes(value)) {
-        lines.push(`✗ ${name}: '${value}' is not in models/${MODEL_FOLDER}/`);
-      }
+      if (value && !modelFiles.includes(value)) lines.push(`✗ ${name}: '${value}' is not in models/${MODEL_FOLDER}/`);
     }
-    if (lines.length) lines.push(`  Files there: ${modelFiles.join(", ")}`);
+    if (lines.length) lines.push(`Files there: ${modelFiles.join(", ")}`);
   }
   node.f2dModelNote = lines.length ? lines : null;
-  makeRoomForNote(node, node.f2dModelNote);
-  node.setDirtyCanvas?.(true, true);
+  if (lines.length) setNote(node, lines, "bad");
+  else setNote(node, [`✓ weights found in models/${MODEL_FOLDER}/`], "ok");
 }
 
 function setupLoaderNode(node) {
+  addNote(node);
+  setNote(node, [`looking in models/${MODEL_FOLDER}/ ...`], "info");
   for (const name of ["msid", "mapping"]) {
     const w = widget(node, name);
     if (w) afterChange(w, () => updateModelNote(node));
@@ -148,14 +328,21 @@ function setupLoaderNode(node) {
   refreshModelFiles();
 }
 
+// --- F2D Encode Identity: the face it used ----------------------------------------------------
+function setupEncodeNode(node) {
+  addNote(node);
+  setNote(node, ["the face used from each photo shows here after a run"], "info");
+}
+
 // --- registration ---------------------------------------------------------------------------
 app.registerExtension({
   name: "Face2Diffusion.ui",
 
   async setup() {
+    document.addEventListener("input", onTyping, true);
     // Files appear and disappear while the page is open: look again now and then.
     setInterval(() => {
-      if ((app.graph?._nodes ?? []).some((n) => n.type === "F2DLoadMSID")) refreshModelFiles();
+      if (nodesOfType("F2DLoadMSID").length) refreshModelFiles();
     }, 5000);
   },
 
@@ -172,12 +359,22 @@ app.registerExtension({
       this.bgcolor = BGCOLOR;
       if (PROMPT_NODES.has(nodeData.name)) setupPromptNode(this);
       if (nodeData.name === "F2DLoadMSID") setupLoaderNode(this);
+      if (nodeData.name === "F2DEncodeIdentity") setupEncodeNode(this);
+      return r;
+    };
+
+    // The node's id is known once it is in a graph: tag the note with it (tests, user styles).
+    const added = nodeType.prototype.onAdded;
+    nodeType.prototype.onAdded = function () {
+      const r = added?.apply(this, arguments);
+      if (this.f2dNote) this.f2dNote.element.dataset.f2dNode = String(this.id);
       return r;
     };
 
     const configure = nodeType.prototype.onConfigure;
     nodeType.prototype.onConfigure = function () {
       const r = configure?.apply(this, arguments);
+      if (this.f2dNote) this.f2dNote.element.dataset.f2dNode = String(this.id);
       if (PROMPT_NODES.has(nodeData.name)) updateIdentifierState(this);
       if (nodeData.name === "F2DLoadMSID") updateModelNote(this);
       return r;
@@ -186,19 +383,12 @@ app.registerExtension({
     const executed = nodeType.prototype.onExecuted;
     nodeType.prototype.onExecuted = function (message) {
       const r = executed?.apply(this, arguments);
-      if (message?.f2d_faces) {
-        this.f2dFacesNote = message.f2d_faces.map((line) => `✓ ${line}`);
-        this.setDirtyCanvas?.(true, true);
+      // Whatever lines the node sends (faces used, detector, warnings) are shown as they are.
+      const faces = message?.f2d_faces;
+      if (Array.isArray(faces) && faces.length) {
+        this.f2dFacesNote = faces.map(String);
+        setNote(this, this.f2dFacesNote, "ok");
       }
-      return r;
-    };
-
-    const draw = nodeType.prototype.onDrawForeground;
-    nodeType.prototype.onDrawForeground = function (ctx) {
-      const r = draw?.apply(this, arguments);
-      if (this.f2dIdentifierNote) drawNote(this, ctx, this.f2dIdentifierNote, this.f2dIdentifierCount > 0 ? OK : BAD);
-      if (this.f2dModelNote) drawNote(this, ctx, this.f2dModelNote, BAD, true);
-      if (this.f2dFacesNote) drawNote(this, ctx, this.f2dFacesNote, OK);
       return r;
     };
   },
