@@ -1,11 +1,14 @@
 """The pack's front end in a real browser (Debian's Chromium, driven by Playwright; no browser
-download) on a real ComfyUI with its real front end. Screenshots of each state go to
-<pytest tmp>/screenshots/ (the path is printed)."""
+download) on a real ComfyUI, with each front end users run: the one ComfyUI 0.3.75 bundles
+(1.32.9) and the newest (1.58.1, installed by scripts/setup-browser.sh, served with
+--front-end-root), the latter in the classic canvas view and in Nodes 2.0 (Vue, nodes as DOM).
+One server per front-end version. Checks read what a user sees: the note's text inside the
+node's element, visible, and a console free of warnings and errors raised through our file.
+Screenshots of each state go to <pytest tmp>/screenshots*/ (the path is printed)."""
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from pathlib import Path
 
@@ -22,158 +25,443 @@ from f2d_testkit import (
 pytestmark = [pytest.mark.host, pytest.mark.browser]
 CHROMIUM = Path(os.environ.get("F2D_CHROMIUM", "/usr/bin/chromium"))
 UI = sorted((REPO / "workflows").glob("*.json"))
+WF01 = REPO / "workflows" / "01_basic_f2d_sampler.json"
+WF02 = REPO / "workflows" / "02_text_encode_ksampler.json"
 MISSING_DIALOG = "This workflow has missing nodes"
+OUR_JS = "face2diffusion.js"
+NEW_FRONTEND = "1.58.1"  # keep in step with scripts/setup-browser.sh
+NEW_FRONTEND_ROOT = (REPO / ".venv" / "frontends" / f"comfyui-frontend-package-{NEW_FRONTEND}"
+                     / "comfyui_frontend_package" / "static")
+# (front end, view); "bundled" is the front end the host ships (1.32.9 with ComfyUI 0.3.75).
+CONFIGS = [("bundled", "classic"), (NEW_FRONTEND, "classic"), (NEW_FRONTEND, "nodes2")]
+# Toasts: PrimeVue's classes up to 1.3x; test ids from 1.5x on.
+TOAST = {"bundled": ".p-toast-message", NEW_FRONTEND: '[data-testid="toast"]'}
+TOAST_CLOSE = {"bundled": ".p-toast-close-button", NEW_FRONTEND: '[data-testid="toast-close"]'}
+
+# Every console.warn / console.error and uncaught error, with the stack it came through: a
+# deprecation warning is printed by the front end's file, but our file is on its stack.
+CONSOLE_SPY = """(() => {
+  window.__f2dConsole = [];
+  for (const kind of ["warn", "error"]) {
+    const original = console[kind].bind(console);
+    console[kind] = (...args) => {
+      window.__f2dConsole.push({kind, text: args.map(String).join(" ").slice(0, 500), stack: new Error().stack});
+      return original(...args);
+    };
+  }
+  window.addEventListener("error", (e) => window.__f2dConsole.push(
+    {kind: "uncaught", text: String(e.message), stack: `${e.error?.stack ?? ""}\\n${e.filename}`}));
+  window.addEventListener("unhandledrejection", (e) => window.__f2dConsole.push(
+    {kind: "rejection", text: String(e.reason), stack: String(e.reason?.stack ?? "")}));
+})();"""
+
+
+class Servers:
+    """One ComfyServer per front-end version, started when first asked for; the previous one
+    stops when another version is asked for (the tests run grouped by configuration)."""
+
+    def __init__(self, tmp_path_factory):
+        self.tmp = tmp_path_factory
+        self.current: tuple[str, ComfyServer] | None = None
+
+    def get(self, frontend: str) -> ComfyServer:
+        if self.current and self.current[0] == frontend:
+            return self.current[1]
+        self.close()
+        base = self.tmp.mktemp(f"comfy_browser_{frontend}")
+        build_tiny_sd15_checkpoint(base / "models" / "checkpoints" / "v1-5-pruned-emaonly.safetensors")
+        (base / "models" / "face2diffusion").mkdir(parents=True)
+        copy_into(REPO / "workflows" / "astronaut.png", base / "input")
+        args = [] if frontend == "bundled" else ["--front-end-root", str(NEW_FRONTEND_ROOT)]
+        server = ComfyServer(base, args).__enter__()
+        self.current = (frontend, server)
+        assert server.post("/settings/Comfy.TutorialCompleted", True)[0] == 200  # no Templates dialog
+        return server
+
+    def close(self):
+        if self.current:
+            self.current[1].__exit__(None, None, None)
+            self.current = None
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, f2d_nodes):
+def servers(tmp_path_factory, f2d_nodes):
     if not CHROMIUM.is_file():
         if os.environ.get("CI"):
             pytest.fail(f"{CHROMIUM} missing: .ci/run installs Debian's chromium")
         pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium, or set F2D_CHROMIUM)")
-    base = tmp_path_factory.mktemp("comfy_browser")
-    build_tiny_sd15_checkpoint(base / "models" / "checkpoints" / "v1-5-pruned-emaonly.safetensors")
-    (base / "models" / "face2diffusion").mkdir(parents=True)  # empty on purpose: see the note test
-    copy_into(REPO / "workflows" / "astronaut.png", base / "input")
-    with ComfyServer(base) as s:
-        assert s.post("/settings/Comfy.TutorialCompleted", True)[0] == 200  # no Templates dialog
-        yield s
+    s = Servers(tmp_path_factory)
+    yield s
+    s.close()
 
 
 @pytest.fixture(scope="module")
-def shots(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("screenshots")
-    print(f"\nscreenshots: {folder}")
-    return folder
-
-
-@pytest.fixture(scope="module")
-def page(server):
+def browser(servers):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(
+        b = p.chromium.launch(
             executable_path=str(CHROMIUM), headless=True,
             args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                   "--disable-sync", "--no-first-run"])
-        page = browser.new_page(viewport={"width": 1600, "height": 1000})
-        errors = []
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.goto(server.url)
-        page.wait_for_function("window.app?.graph && app.extensions?.some(e => e.name === 'Face2Diffusion.ui')",
-                               timeout=90_000)
-        page.f2d_errors = errors
-        yield page
-        browser.close()
+        yield b
+        b.close()
 
 
-def load(page, path: Path):
-    page.keyboard.press("Escape")
-    page.evaluate("wf => app.loadGraphData(wf)", json.loads(path.read_text()))
-    page.wait_for_timeout(800)
+@pytest.fixture(scope="module", params=CONFIGS, ids=lambda c: f"{c[0]}-{c[1]}")
+def ui(request, servers, browser, tmp_path_factory):
+    """A page of one front end in one view, with the pack loaded."""
+    frontend, view = request.param
+    if frontend != "bundled" and not (NEW_FRONTEND_ROOT / "index.html").is_file():
+        pytest.fail(f"front end {frontend} not installed at {NEW_FRONTEND_ROOT}: run scripts/setup-browser.sh")
+    server = servers.get(frontend)
+    assert server.post("/settings/Comfy.VueNodes.Enabled", view == "nodes2")[0] == 200
+    page = browser.new_page(viewport={"width": 1600, "height": 1000})
+    page.add_init_script(CONSOLE_SPY)
+    page.goto(server.url)
+    page.wait_for_function("window.app?.graph && app.extensions?.some(e => e.name === 'Face2Diffusion.ui')",
+                           timeout=90_000)
+    version = page.evaluate("window.__COMFYUI_FRONTEND_VERSION__ ?? null")
+    if frontend != "bundled":
+        assert version == frontend, f"served front end is {version}, not {frontend}"
+    assert page.evaluate("app.ui.settings.getSettingValue('Comfy.VueNodes.Enabled')") == (view == "nodes2")
+    shots = tmp_path_factory.mktemp(f"screenshots_{frontend}_{view}")
+    print(f"\nscreenshots ({frontend} {view}, front end {version}): {shots}")
+    p = Page(page, server, frontend, view, shots)
+    yield p
+    page.close()
 
 
-def node_value(page, node_type: str, expr: str):
-    return page.evaluate(f"() => {{ const node = app.graph._nodes.find(n => n.type === '{node_type}'); return {expr}; }}")
+class Page:
+    def __init__(self, page, server, frontend, view, shots):
+        self.page, self.server, self.frontend, self.view, self.shots = page, server, frontend, view, shots
+        self.vue = view == "nodes2"
+
+    def shot(self, name):
+        self.page.screenshot(path=str(self.shots / f"{name}.png"))
+
+    def load(self, path: Path):
+        self.page.keyboard.press("Escape")
+        self.close_toasts()
+        self.page.evaluate("wf => app.loadGraphData(wf)", json.loads(path.read_text()))
+        self.page.wait_for_timeout(800)
+
+    def close_toasts(self):
+        for close in self.page.locator(TOAST_CLOSE[self.frontend]).all():
+            if close.is_visible():
+                close.click()
+
+    def toasts(self) -> list[str]:
+        return self.page.locator(TOAST[self.frontend]).all_inner_texts()
+
+    def missing_node_types(self) -> list[str]:
+        """What the front end reports as missing node types: the bundled front end's dialog;
+        1.5x's issues overlay, whose details list one card per missing type."""
+        if self.frontend == "bundled":
+            return [MISSING_DIALOG] if self.page.get_by_text(MISSING_DIALOG).count() else []
+        overlay = self.page.locator('[data-testid="error-overlay"]')
+        if not overlay.is_visible():
+            return []
+        overlay.get_by_text("View details").click()
+        self.page.locator('[data-testid^="error-group-"]').first.wait_for(timeout=10_000)
+        missing = self.page.locator('[data-testid="missing-node-card"]').all_inner_texts()
+        self.page.locator('button[aria-label="Toggle properties panel"]').click()
+        return missing
+
+    def node_id(self, node_type: str) -> int:
+        return self.page.evaluate(f"app.graph._nodes.find(n => n.type === '{node_type}').id")
+
+    def show_node(self, node_id: int):
+        """Zoom to 100 % on the node, as a user would look at it."""
+        self.page.evaluate(f"""() => {{ const n = app.graph.getNodeById({node_id});
+            app.canvas.ds.scale = 1; app.canvas.ds.offset = [160 - n.pos[0], 180 - n.pos[1]];
+            app.canvas.setDirty(true, true); }}""")
+        self.page.wait_for_timeout(500)
+
+    def note(self, node_id: int):
+        """The note element of a node, as the user's view holds it: inside the node's element in
+        Nodes 2.0; in the classic view, the widget element laid over the canvas."""
+        if self.vue:
+            return self.page.locator(f'[data-node-id="{node_id}"] .f2d-note')
+        return self.page.locator(f'.f2d-note[data-f2d-node="{node_id}"]')
+
+    def node_box(self, node_id: int) -> dict:
+        if self.vue:
+            return self.page.locator(f'[data-node-id="{node_id}"]').bounding_box()
+        return self.page.evaluate(f"""() => {{ const n = app.graph.getNodeById({node_id});
+            const c = app.canvas.canvas.getBoundingClientRect(); const s = app.canvas.ds.scale;
+            const o = app.canvas.ds.offset; const t = LiteGraph.NODE_TITLE_HEIGHT;
+            return {{x: c.left + (n.pos[0] + o[0]) * s, y: c.top + (n.pos[1] - t + o[1]) * s,
+                     width: n.size[0] * s, height: (n.size[1] + t) * s}}; }}""")
+
+    def wait_note(self, node_id: int, *texts: str, timeout_s: float = 15) -> str:
+        """The note's visible text once it holds every one of texts; asserts that it lies inside
+        the node as drawn on screen."""
+        note = self.note(node_id)
+        deadline = time.monotonic() + timeout_s
+        seen = None
+        while time.monotonic() < deadline:
+            if note.count() == 1 and note.is_visible():
+                seen = note.inner_text()
+                if all(t in seen for t in texts):
+                    box, node = note.bounding_box(), self.node_box(node_id)
+                    assert box["height"] >= 12 and box["width"] >= 60, box
+                    assert node["x"] - 2 <= box["x"] and box["x"] + box["width"] <= node["x"] + node["width"] + 2, (box, node)
+                    assert node["y"] - 2 <= box["y"] and box["y"] + box["height"] <= node["y"] + node["height"] + 2, (box, node)
+                    return seen
+            self.page.wait_for_timeout(100)
+        raise AssertionError(f"node {node_id} ({self.frontend} {self.view}): note {seen!r} lacks {texts} "
+                             f"after {timeout_s} s ({note.count()} note elements)")
+
+    def text_box(self, node_id: int, widget: str):
+        """The text box a user types the prompt in."""
+        if self.vue:
+            index = self.page.evaluate(f"""() => {{ const n = app.graph.getNodeById({node_id});
+                const v = n.widgets.find(w => w.name === '{widget}').value;
+                return [...document.querySelectorAll('[data-node-id="{node_id}"] textarea')].findIndex(t => t.value === v); }}""")
+            assert index >= 0, f"no text box of {widget} in node {node_id}"
+            return self.page.locator(f'[data-node-id="{node_id}"] textarea').nth(index)
+        return self.page.evaluate_handle(
+            f"app.graph.getNodeById({node_id}).widgets.find(w => w.name === '{widget}').element").as_element()
+
+    def ours(self) -> list[dict]:
+        """Console warnings / errors raised through our file since the last call."""
+        entries = self.page.evaluate("window.__f2dConsole.splice(0)")
+        return [e for e in entries if OUR_JS in e["stack"] or OUR_JS in e["text"]]
 
 
-def show_node(page, node_type: str):
-    """Zoom to 100 % on the node: the front end hides text boxes at low zoom, as a user sees it."""
-    page.evaluate(f"""() => {{ const n = app.graph._nodes.find(n => n.type === '{node_type}');
-        app.canvas.ds.scale = 1; app.canvas.ds.offset = [120 - n.pos[0], 140 - n.pos[1]];
-        app.canvas.setDirty(true, true); }}""")
-    page.wait_for_timeout(500)
+@pytest.fixture
+def page(ui):
+    ui.ours()
+    ui.close_toasts()
+    yield ui
+    assert ui.ours() == [], f"console warnings / errors through {OUR_JS} ({ui.frontend} {ui.view})"
 
 
-def wait_for(page, node_type: str, expr: str, timeout_s: float = 15):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = node_value(page, node_type, expr)
-        if value:
-            return value
-        page.wait_for_timeout(250)
-    raise AssertionError(f"{node_type}: {expr} stayed falsy for {timeout_s} s")
+def empty_model_folder(server):
+    for f in (server.base / "models" / "face2diffusion").iterdir():
+        if f.is_file():
+            f.unlink()
 
 
-def test_missing_model_note_appears_and_goes(page, server, shots):
-    load(page, REPO / "workflows" / "01_basic_f2d_sampler.json")
-    show_node(page, "F2DLoadMSID")
-    note = wait_for(page, "F2DLoadMSID", "node.f2dModelNote")
-    assert "models/face2diffusion/ is empty" in note[0] and "msid.pt" in " ".join(note)
-    page.screenshot(path=str(shots / "01_missing_models.png"))
+def put_weights(server):
     folder = server.base / "models" / "face2diffusion"
-    write_formula_weights(folder, "msid", "pt")
-    write_formula_weights(folder, "mapping", "pt")
-    wait_for(page, "F2DLoadMSID", "node.f2dModelNote === null")  # the page looks again by itself
-    page.screenshot(path=str(shots / "02_models_present.png"))
+    for kind in ("msid", "mapping"):
+        if not (folder / f"{kind}.pt").exists():
+            write_formula_weights(folder, kind, "pt")
+
+
+def test_console_check_sees_warnings_through_our_file(page):
+    """The console check can fail: a warning printed while our module's code runs is caught."""
+    page.page.evaluate("""async () => {
+        const urls = await (await fetch('/extensions')).json();  // the server's list of extension scripts
+        const m = await import(urls.find(u => u.endsWith('/face2diffusion.js')));  // the loaded module
+        m.countIdentifier({replaceAll() { console.warn('deliberate test warning'); return ''; }}, 'f l');
+    }""")
+    caught = page.ours()
+    assert [e["text"] for e in caught] == ["deliberate test warning"]
+
+
+def test_missing_model_note_appears_and_goes(page):
+    empty_model_folder(page.server)
+    page.load(WF01)
+    msid = page.node_id("F2DLoadMSID")
+    page.show_node(msid)
+    page.wait_note(msid, "models/face2diffusion/ is empty", "msid.pt", "mapping.pt")
+    assert page.note(msid).get_attribute("data-state") == "bad"
+    page.shot("01_missing_models")
+    put_weights(page.server)
+    page.wait_note(msid, "weights found")  # the page looks again by itself
+    assert "is empty" not in page.note(msid).inner_text()
+    page.shot("02_models_present")
     # A file the graph names but the folder lacks is called out by name.
-    page.evaluate("""() => { const n = app.graph._nodes.find(n => n.type === 'F2DLoadMSID');
-                             const w = n.widgets.find(w => w.name === 'msid'); w.value = 'old_msid.pt'; w.callback(w.value); }""")
-    assert "msid: 'old_msid.pt' is not in models/face2diffusion/" in wait_for(page, "F2DLoadMSID", "node.f2dModelNote")[0]
+    page.page.evaluate(f"""() => {{ const w = app.graph.getNodeById({msid}).widgets.find(w => w.name === 'msid');
+                                   w.value = 'old_msid.pt'; w.callback?.(w.value); }}""")
+    page.wait_note(msid, "msid: 'old_msid.pt' is not in models/face2diffusion/", "Files there: mapping.pt, msid.pt")
+    page.shot("03_model_file_missing")
 
 
-def test_every_workflow_loads_without_missing_nodes(page, shots):
+@pytest.mark.parametrize("workflow,node_type", [(WF01, "F2DSampler"), (WF02, "F2DTextEncode")],
+                         ids=["sampler", "text_encode"])
+def test_identifier_check_follows_typing(page, workflow, node_type):
+    page.load(workflow)
+    node = page.node_id(node_type)
+    page.show_node(node)
+    page.wait_note(node, '✓ "f l" ×1')
+    box = page.text_box(node, "text")
+    box.click()
+    page.page.keyboard.press("Control+A")
+    page.page.keyboard.type("a photo of a man on a beach")
+    page.wait_note(node, 'no "f l" in the prompt', timeout_s=1.0)  # live, within a second
+    assert page.note(node).get_attribute("data-state") == "bad"
+    page.shot(f"identifier_missing_{node_type}")
+    page.page.keyboard.press("Control+A")
+    page.page.keyboard.type("(f l:1.2) talking to F L, in a mirror")
+    page.wait_note(node, '✓ "f l" ×2', timeout_s=1.0)
+    page.page.keyboard.press("Control+A")
+    page.page.keyboard.type("a photo of ")
+    page.wait_note(node, 'no "f l"', timeout_s=1.0)
+    if page.vue:
+        page.page.locator(f'[data-node-id="{node}"] button', has_text="insert identifier").click()
+    else:  # drawn on the canvas: press it through the widget, as a click does
+        page.page.evaluate(f"app.graph.getNodeById({node}).widgets.find(w => w.name === 'insert identifier').callback()")
+    page.wait_note(node, '✓ "f l" ×1', timeout_s=1.0)
+    assert page.page.evaluate(f"app.graph.getNodeById({node}).widgets.find(w => w.name === 'text').value") == "a photo of f l"
+    deadline = time.monotonic() + 2
+    while page.text_box(node, "text").input_value() != "a photo of f l" and time.monotonic() < deadline:
+        page.page.wait_for_timeout(100)
+    assert page.text_box(node, "text").input_value() == "a photo of f l"  # what the user sees in the box
+    page.shot(f"identifier_inserted_{node_type}")
+
+
+def test_every_workflow_loads_without_missing_nodes(page):
+    # The toast check can fail: a toast raised through the front end's API is seen.
+    page.page.evaluate("app.extensionManager.toast.add({severity: 'error', summary: 'Invalid workflow (f2d test)', life: 60000})")
+    page.page.wait_for_timeout(300)
+    assert any("Invalid workflow (f2d test)" in t for t in page.toasts()), page.toasts()
     for path in UI:
-        for close in page.locator(".p-toast-close-button").all():
-            close.click()
-        load(page, path)
-        assert page.get_by_text(MISSING_DIALOG).count() == 0, path.name
-        alerts = page.locator(".p-toast-message").all_inner_texts()
+        page.load(path)
+        assert page.missing_node_types() == [], path.name
+        alerts = page.toasts()
         assert not any("Invalid workflow" in a for a in alerts), (path.name, alerts)
-        unknown = page.evaluate("app.graph._nodes.filter(n => !LiteGraph.registered_node_types[n.type]).map(n => n.type)")
+        unknown = page.page.evaluate(
+            "app.graph._nodes.filter(n => !LiteGraph.registered_node_types[n.type]).map(n => n.type)")
         assert unknown == [], (path.name, unknown)
-        page.screenshot(path=str(shots / f"workflow_{path.stem}.png"))
+        page.shot(f"workflow_{path.stem}")
     # The check can fail: a graph with an unknown node raises the dialog.
     broken = json.loads(UI[0].read_text())
     broken["nodes"][0]["type"] = "NoSuchNodeF2DTest"
-    page.evaluate("wf => app.loadGraphData(wf)", broken)
-    page.get_by_text(MISSING_DIALOG).wait_for(timeout=10_000)
-    page.keyboard.press("Escape")
+    page.page.evaluate("wf => app.loadGraphData(wf)", broken)
+    page.page.wait_for_timeout(1500)
+    missing = page.missing_node_types()
+    assert missing and (page.frontend == "bundled" or "NoSuchNodeF2DTest" in missing[0]), missing
+    page.page.keyboard.press("Escape")
 
 
-def test_identifier_indicator_follows_the_prompt_text(page, shots):
-    load(page, REPO / "workflows" / "02_text_encode_ksampler.json")
-    show_node(page, "F2DTextEncode")
-    assert node_value(page, "F2DTextEncode", "node.f2dIdentifierCount") == 1
-    textarea = page.evaluate_handle(
-        "() => { const n = app.graph._nodes.find(n => n.type === 'F2DTextEncode');"
-        " const w = n.widgets.find(w => w.name === 'text'); return w.inputEl ?? w.element; }").as_element()
-    textarea.fill("a photo of a man on a beach")
-    assert node_value(page, "F2DTextEncode", "node.f2dIdentifierCount") == 0
-    assert "no \"f l\"" in node_value(page, "F2DTextEncode", "node.f2dIdentifierNote[0]")
-    page.screenshot(path=str(shots / "identifier_missing.png"))
-    textarea.fill("(f l:1.2) talking to f l in a mirror")
-    assert node_value(page, "F2DTextEncode", "node.f2dIdentifierCount") == 2
-    textarea.fill("a photo of ")
-    page.evaluate("() => app.graph._nodes.find(n => n.type === 'F2DTextEncode')"
-                  ".widgets.find(w => w.name === 'insert identifier').callback()")
-    assert node_value(page, "F2DTextEncode", "node.widgets.find(w => w.name === 'text').value") == "a photo of f l"
-    assert textarea.input_value() == "a photo of f l"
-    assert node_value(page, "F2DTextEncode", "node.f2dIdentifierCount") == 1
-    page.screenshot(path=str(shots / "identifier_inserted.png"))
-
-
-def test_queue_basic_workflow_from_the_page_shows_image_and_chosen_face(page, server, shots):
-    folder = server.base / "models" / "face2diffusion"
-    if not (folder / "msid.pt").exists():
-        write_formula_weights(folder, "msid", "pt")
-        write_formula_weights(folder, "mapping", "pt")
-    load(page, REPO / "workflows" / "01_basic_f2d_sampler.json")
+def test_run_shows_image_and_chosen_face(page):
+    put_weights(page.server)
+    # Another view may have run the same graph on this server: drop ComfyUI's cache, else the
+    # cached nodes do not run and send nothing.
+    assert page.server.post("/free", {"free_memory": True})[0] == 200
+    page.load(WF01)
+    encode = page.node_id("F2DEncodeIdentity")
+    page.wait_note(encode, "after a run")
     # Small and quick on the tiny test checkpoint; everything else as shipped.
-    page.evaluate("""() => { for (const n of app.graph._nodes) for (const w of n.widgets ?? []) {
+    page.page.evaluate("""() => { for (const n of app.graph._nodes) for (const w of n.widgets ?? []) {
                       if (n.type === 'EmptyLatentImage' && (w.name === 'width' || w.name === 'height')) w.value = 64;
                       if (n.type === 'F2DSampler' && w.name === 'steps') w.value = 4; } }""")
-    for close in page.locator(".p-toast-close-button").all():
-        close.click()
-    page.get_by_role("button", name="Run").first.click()
-    wait_for(page, "SaveImage", "node.imgs?.length > 0", timeout_s=120)
-    faces = wait_for(page, "F2DEncodeIdentity", "node.f2dFacesNote")
-    assert faces[0].startswith("✓ photo 0: the only face")
-    assert wait_for(page, "F2DEncodeIdentity", "node.imgs?.length") == 1  # the aligned crop on the node
-    page.wait_for_timeout(500)
-    page.screenshot(path=str(shots / "queued_result.png"))
-    show_node(page, "F2DEncodeIdentity")
-    page.screenshot(path=str(shots / "queued_result_chosen_face.png"))
-    saved = list((server.base / "output").glob("f2d_basic_*.png"))
-    assert saved, "no image saved"
-    assert not page.f2d_errors, page.f2d_errors
+    page.close_toasts()
+    before = set((page.server.base / "output").glob("f2d_basic_*.png"))
+    page.page.get_by_role("button", name="Run").first.click()
+    page.show_node(encode)
+    text = page.wait_note(encode, "photo 0: the only face", timeout_s=120)
+    assert "after a run" not in text and page.note(encode).get_attribute("data-state") == "ok"
+    page.shot("run_chosen_face")
+    deadline = time.monotonic() + 30
+    while not set((page.server.base / "output").glob("f2d_basic_*.png")) - before and time.monotonic() < deadline:
+        time.sleep(0.25)
+    assert set((page.server.base / "output").glob("f2d_basic_*.png")) - before, "no image saved"
+
+
+# --- the identifier rule: the page's check (web/js) against the nodes' rule (f2d/tokens.py) ------
+# Not covered, and not coverable without CLIP's vocabulary in the page: a word that CLIP's BPE
+# ends with the identifier's first word as its own piece (e.g. "éf" -> "é" + "f") counts for the
+# node, not for the page.
+FILLER = " ".join(["photo"] * 74)  # 74 tokens: with the start token, "f" ends the first 77-token chunk
+IDENTIFIER_CASES = [
+    ("a photo of f l eating ice cream at a rooftop terrace", "f l"),
+    ("a photo of a man on a beach", "f l"),  # missing
+    ("a flower in a field", "f l"),
+    ("fl", "f l"), ("f-l", "f l"), ("f,l", "f l"), ("f.l smiling", "f l"), ("ff l", "f l"), ("f ll", "f l"),
+    ("a photo of f l, on a beach", "f l"),  # punctuation after
+    ("a photo of F L", "f l"), ("a photo of F l", "f l"), ("a photo of f l", "F L"),  # case
+    ("(f l:1.2) on a beach", "f l"), ("((f l)) on a beach", "f l"), ("[f l] on a beach", "f l"),  # weights
+    ("(f:1.2) l on a beach", "f l"), ("a(f l)b", "f l"), ("\\(f l\\) on a beach", "f l"), ("(f l:x) here", "f l"),
+    ("f l talking to f l in a mirror", "f l"), ("f l f l", "f l"), ("f l l", "f l"), ("f f l", "f l"),  # twice
+    ("f  \n l smiling", "f l"), ("f l's dog", "f l"), ("f l2", "f l"), ("2f l", "f l"), ("café f l", "f l"),
+    ("naïve f l", "f l"), ("elf l", "f l"),
+    ("f embedding:nosuch l", "f l"), ("embedding:nosuch, f l", "f l"), ("f <|endoftext|> l", "f l"),
+    (f"{FILLER} f l smiling", "f l"), (f"{FILLER} photo f l smiling", "f l"),  # across the chunk boundary
+    (f"{FILLER} f l and {FILLER} {FILLER} f l", "f l"),
+    ("a photo of sks", "sks"), ("a photo of f l", "f l x"),  # not two words
+    ("a photo of f2 l", "f2 l"), ("a photo of f-l man", "f-l man"),  # a word that is two tokens
+]
+
+
+@pytest.fixture(scope="module")
+def python_identifier_counts(f2d_nodes, reference, tmp_path_factory):
+    """What the nodes do with each prompt: F2D Text Encode on a real ComfyUI CLIP (its real
+    tokenizer, an embeddings folder as checkpoints have), counting the identity vectors it puts
+    in the token stream; 0 for the missing-identifier error, "invalid" for a bad identifier."""
+    import comfy.sd
+    import torch
+
+    from f2d.identity import IdentityTokens
+    from f2d_testkit import formula_clip_state_dict
+
+    clip = comfy.sd.load_text_encoder_state_dicts(
+        [formula_clip_state_dict()], embedding_directory=[str(tmp_path_factory.mktemp("embeddings"))],
+        clip_type=comfy.sd.CLIPType.STABLE_DIFFUSION, model_options={"dtype": torch.float32})
+    id_tokens = f2d_nodes.types.F2DIdTokens(
+        IdentityTokens(reference["mapping.first.null_exp"], reference["mapping.last.null_exp"]))
+
+    class Recording:  # the real CLIP; notes the token streams the node encodes
+        def __init__(self):
+            self.streams = []
+
+        def __getattr__(self, name):
+            return getattr(clip, name)
+
+        def encode_from_tokens_scheduled(self, tokens, *a, **k):
+            self.streams.append(tokens)  # what is encoded is not under test here: skip the work
+            return [[torch.zeros(1, 77 * len(next(iter(tokens.values()))), 768), {}]]
+
+        def encode_from_tokens(self, tokens, *a, **k):
+            self.streams.append(tokens)
+            return clip.encode_from_tokens(tokens, *a, **k)
+
+    counts = []
+    for text, identifier in IDENTIFIER_CASES:
+        rec = Recording()
+        try:
+            f2d_nodes.F2DTextEncode.execute(rec, id_tokens, text, identifier, 0.0, 1.0)
+        except ValueError as e:
+            counts.append(0 if "does not contain the identifier" in str(e) else "invalid")
+            continue
+        vectors = sum(torch.is_tensor(t[0] if isinstance(t, tuple) else t)
+                      for s in rec.streams for chunks in s.values() for chunk in chunks for t in chunk)
+        assert vectors % 2 == 0, (text, vectors)
+        counts.append(vectors // 2)
+    return counts
+
+
+def test_page_and_nodes_apply_the_same_identifier_rule(page, python_identifier_counts):
+    js = page.page.evaluate("""async (cases) => {
+        const urls = await (await fetch('/extensions')).json();
+        const m = await import(urls.find(u => u.endsWith('/face2diffusion.js')));
+        return cases.map(([text, identifier]) => m.countIdentifier(text, identifier));
+    }""", IDENTIFIER_CASES)
+    js = [n if n >= 0 else "invalid" for n in js]
+    table = [(t[:40], i, p, j) for (t, i), p, j in zip(IDENTIFIER_CASES, python_identifier_counts, js)]
+    assert js == python_identifier_counts, [row for row in table if row[2] != row[3]]
+    # The cases cover what they claim: found once, twice, missing and invalid.
+    assert {0, 1, 2, "invalid"} <= set(python_identifier_counts)
+
+
+def test_model_note_follows_the_folder_inside_a_subgraph(page):
+    """F2D Load MSID packed into a subgraph still hears about the model folder."""
+    empty_model_folder(page.server)
+    page.load(WF01)
+    msid = page.node_id("F2DLoadMSID")
+    made = page.page.evaluate(f"""() => {{ const n = app.graph.getNodeById({msid});
+        const r = app.graph.convertToSubgraph(new Set([n]));
+        return {{outer: app.graph._nodes.some(x => x.type === 'F2DLoadMSID'),
+                 inner: r.subgraph.nodes.filter(x => x.type === 'F2DLoadMSID').length}}; }}""")
+    assert made == {"outer": False, "inner": 1}, made
+    inner_note = """() => { for (const g of app.rootGraph.subgraphs.values())
+        for (const n of g.nodes) if (n.type === 'F2DLoadMSID') return n.f2dNote.element.textContent; }"""
+    put_weights(page.server)
+    deadline = time.monotonic() + 15
+    while "weights found" not in (page.page.evaluate(inner_note) or "") and time.monotonic() < deadline:
+        page.page.wait_for_timeout(250)
+    assert "weights found" in page.page.evaluate(inner_note)
