@@ -327,6 +327,14 @@ def test_every_workflow_loads_without_missing_nodes(page):
         unknown = page.page.evaluate(
             "app.graph._nodes.filter(n => !LiteGraph.registered_node_types[n.type]).map(n => n.type)")
         assert unknown == [], (path.name, unknown)
+        # The notes and the button are not saved with the graph nor sent with the prompt.
+        saved = {n["id"]: n for n in json.loads(path.read_text())["nodes"] if n["type"].startswith("F2D")}
+        now = page.page.evaluate("app.graph.serialize().nodes.filter(n => n.type.startsWith('F2D'))"
+                                 ".map(n => [n.id, (n.widgets_values ?? []).length])")
+        assert {i: k for i, k in now} == {i: len(n.get("widgets_values") or []) for i, n in saved.items()}, path.name
+        sent = page.page.evaluate("(async () => Object.values((await app.graphToPrompt()).output)"
+                                  ".flatMap(n => Object.keys(n.inputs)))()")
+        assert not {"f2d_note", "insert identifier"} & set(sent), path.name
         page.shot(f"workflow_{path.stem}")
     # The check can fail: a graph with an unknown node raises the dialog.
     broken = json.loads(UI[0].read_text())

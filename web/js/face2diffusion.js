@@ -254,7 +254,8 @@ function insertIdentifier(node) {
 }
 
 function setupPromptNode(node) {
-  node.addWidget("button", "insert identifier", null, () => insertIdentifier(node), { serialize: false });
+  const button = node.addWidget("button", "insert identifier", null, () => insertIdentifier(node), { serialize: false });
+  button.serialize = false; // saved graphs hold only the node's own values
   addNote(node);
   for (const name of ["text", "identifier"]) {
     const w = widget(node, name);
