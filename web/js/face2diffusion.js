@@ -305,8 +305,8 @@ function updateModelNote(node) {
   if (modelFiles === null) return;
   const lines = [];
   if (modelFiles.length === 0) {
-    lines.push(`✗ models/${MODEL_FOLDER}/ is empty: put msid.pt and mapping.pt there`);
-    lines.push("(the official weights, .pt or .safetensors)");
+    lines.push(`✗ models/${MODEL_FOLDER}/ is empty; it needs the official`);
+    lines.push("msid.pt and mapping.pt (.pt or .safetensors)");
   } else {
     for (const name of ["msid", "mapping"]) {
       const value = widget(node, name)?.value;
