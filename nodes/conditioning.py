@@ -20,6 +20,7 @@ from ..f2d.tokens import (
 )
 from .types import CATEGORY, F2DIdTokens, F2DIdTokensIO, unknown_choice
 
+
 def _stream_encoder(clip, key: str):
     """The host's text encoder behind token stream ``key``: ComfyUI names them ``clip_<key>``
     on the CLIP's model (``clip_l``, ``clip_g``, ...). Read only, for its position table."""
@@ -41,13 +42,16 @@ def identity_tokens_for(clip, text: str, id_tokens: F2DIdTokens, identifier: str
     out = {}
     for key, chunks in tokens.items():  # every stream the host tokenized, as its PhotoMaker node does
         words = ident[key][0]
+        table = position_table(_stream_encoder(clip, key))
+        if table.shape[-1] != STREAM_WIDTHS[key]:
+            raise IdentifierError(unsupported_streams_message(tokens))
         vectors = identity_replacements(
             chunks, text, identifier,
             identifier_token_ids=[w[0] for w in words if w[2] > 0],
             special_ids={w[0] for w in words if w[2] == 0},  # start, end and pad tokens
             first=t.first[0], last=t.last[0],
             # ComfyUI adds the position embedding to vectors in the token list: compensate.
-            position_embedding=position_table(_stream_encoder(clip, key)))
+            position_embedding=table)
         out[key] = inject(chunks, vectors)
     return out
 
