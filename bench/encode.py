@@ -114,7 +114,11 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--fp16", action="store_true", help="also time fp16 (the GPU mode; slow on most CPUs)")
     ap.add_argument("--compile", action="store_true", help="also time torch.compile (slow to start)")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="torch threads (default: torch's choice); 1 keeps figures sane on a busy machine")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
     msid = MSIDEncoder()
