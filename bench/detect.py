@@ -15,11 +15,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the reference formula (test scaffolding)
 
 from encode import inputs, median_ms  # noqa: E402
 from f2d.align import align_to_arcface_template  # noqa: E402
 from f2d.detect import DetectorUnavailable, get_detector  # noqa: E402
-from f2d.formula import formula_state_dict  # noqa: E402
+from formula import formula_state_dict  # noqa: E402
 from f2d.identity import IdentityEncoder  # noqa: E402
 from f2d.mapping import MappingNetwork  # noqa: E402
 from f2d.msid import MSIDEncoder  # noqa: E402
@@ -46,7 +47,7 @@ def main() -> None:
     msid.load_state_dict(formula_state_dict(msid))
     mapping.load_state_dict(formula_state_dict(mapping))
     enc = IdentityEncoder(msid, mapping).eval().requires_grad_(False)
-    fast = copy.deepcopy(enc).reduce_precision(torch.bfloat16)
+    fast = copy.deepcopy(enc).set_precision("bf16")
     x = inputs(1)
     encoder_ms = {
         "fp32": median_ms(lambda t: enc.tokens(enc.features(t)), x, args.repeats),

@@ -1,11 +1,14 @@
 """Identity-encoding cost: MSID + mapping network, per face, in one run.
 
 Prints median milliseconds per call at batch 1 and 8, achieved GFLOP/s (nominal 8.42 GFLOP per
-face), the largest deviation from our float32 result, and speed-ups against a baseline built the
-way the official code is (timm 0.9.16's VisionTransformer running every block, float32).
+face), speed-ups against a baseline built the way the official code is (timm 0.9.16's
+VisionTransformer running every block, float32), and each mode's largest deviation of the
+identity tokens from the official reference fixtures. The modes are the precisions of
+f2d.precision; "node default" is what F2D Load MSID picks on this machine. Calls of all modes
+are interleaved (round robin), so load from other processes hits every mode alike.
 Weights come from the reference formula; timing does not depend on their values.
 
-    .venv/bin/python bench/encode.py [--repeats 20] [--compile]
+    .venv/bin/python bench/encode.py [--repeats 20] [--fp16] [--compile]
 """
 from __future__ import annotations
 
@@ -22,24 +25,16 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the f2d library, run from a checkout
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the reference formula (test scaffolding)
 
-from f2d.formula import formula_state_dict  # noqa: E402
+from formula import formula_state_dict  # noqa: E402
 from f2d.identity import IdentityEncoder  # noqa: E402
 from f2d.mapping import MappingNetwork  # noqa: E402
 from f2d.msid import EXTRACT_DEPTHS, MSIDEncoder  # noqa: E402
+from f2d.precision import cpu_has_fast_bf16, precision_for  # noqa: E402
 
 GFLOP_PER_FACE = 8.42
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "f2d-reference"
-
-
-def cpu_flags() -> set[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
 
 
 class TimmBaseline(nn.Module):
@@ -70,15 +65,32 @@ class TimmBaseline(nn.Module):
         return f, a, b
 
 
-def median_ms(fn, x, repeats: int) -> float:
-    for _ in range(3):
-        fn(x)
-    times = []
+def round_robin_ms(fns: dict, x, repeats: int) -> dict[str, float]:
+    """Median ms per call of each function, calls interleaved so that background load is shared."""
+    for fn in fns.values():
+        for _ in range(2):
+            fn(x)
+    times = {name: [] for name in fns}
     for _ in range(repeats):
-        t = time.perf_counter()
-        fn(x)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times) * 1000
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            fn(x)
+            times[name].append(time.perf_counter() - t)
+    return {name: statistics.median(ts) * 1000 for name, ts in times.items()}
+
+
+def fixture_error(fn) -> float | None:
+    """Max |tokens - official tokens| on the fixtures' batch (None without the fixtures)."""
+    path = FIXTURES / "reference.safetensors"
+    if not path.is_file():
+        return None
+    from safetensors.torch import load_file
+
+    ref = load_file(str(path))
+    with torch.no_grad():
+        _, first, last = fn(ref["batch.input"])
+    return max((first - ref["batch.first.null_exp"]).abs().max().item(),
+               (last - ref["batch.last.null_exp"]).abs().max().item())
 
 
 def inputs(batch: int) -> torch.Tensor:
@@ -100,8 +112,13 @@ def inputs(batch: int) -> torch.Tensor:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--fp16", action="store_true", help="also time fp16 (the GPU mode; slow on most CPUs)")
     ap.add_argument("--compile", action="store_true", help="also time torch.compile (slow to start)")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="torch threads (default: torch's choice); 1 keeps figures sane on a busy machine")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
     msid = MSIDEncoder()
@@ -109,8 +126,10 @@ def main() -> None:
     msid.load_state_dict(msid_sd)
     mapping = MappingNetwork()
     mapping.load_state_dict(formula_state_dict(mapping))
-    fp32 = IdentityEncoder(msid, mapping).eval().requires_grad_(False)
-    fast = copy.deepcopy(fp32).reduce_precision(torch.bfloat16)
+    base = IdentityEncoder(msid, mapping).eval().requires_grad_(False)
+    default = precision_for("cpu")
+    precisions = ["fp32", "bf16"] + (["fp16"] if args.fp16 else [])
+    encoders = {p: copy.deepcopy(base).set_precision(p) for p in precisions}
 
     def ours(enc):
         def run(x):
@@ -125,55 +144,60 @@ def main() -> None:
         modes["official recipe (timm ViT), fp32"] = torch.no_grad()(baseline)
     except ImportError:
         print("timm not installed: no official-recipe baseline (pip install timm==0.9.16)")
-    modes["ours, fp32"] = ours(fp32)
-    modes["ours, fast (bf16 attention+MLP)"] = ours(fast)
+    for p, enc in encoders.items():
+        modes[f"ours, {p}" + (" (node default)" if p == default else "")] = ours(enc)
     compile_s = {}
     if args.compile:
         import torch._inductor.config as inductor_config
 
         inductor_config.freezing = True
-        for name, enc in (("ours, fp32 + compile", fp32), ("ours, fast + compile", fast)):
-            c = copy.deepcopy(enc)
+        for p in ("fp32", "bf16"):
+            c = copy.deepcopy(encoders[p])
             c.msid = torch.compile(c.msid)
             t = time.perf_counter()
             for b in (1, 8):
                 ours(c)(inputs(b))
-            compile_s[name] = time.perf_counter() - t
-            modes[name] = ours(c)
+            compile_s[f"ours, {p} + compile"] = time.perf_counter() - t
+            modes[f"ours, {p} + compile"] = ours(c)
 
-    flags = cpu_flags()
     print(f"identity encoding = MSID + mapping, {GFLOP_PER_FACE} GFLOP per face (nominal)")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
-          f"bf16 hardware: {'amx_bf16' if 'amx_bf16' in flags else 'avx512_bf16' if 'avx512_bf16' in flags else 'none (bf16 will be slow)'}")
+          f"bf16 hardware (AVX512-BF16/AMX): {'yes' if cpu_has_fast_bf16() else 'no (bf16 is emulated: slow)'}; "
+          f"node default on this CPU: {default}")
     x8 = inputs(8)
     with torch.no_grad():
-        ref = ours(fp32)(x8)
-    rows = []
+        ref = ours(encoders["fp32"])(x8)
+    errors = {}
     for name, fn in modes.items():
         with torch.no_grad():
             out = fn(x8)
-        err_feat = (out[0] - ref[0]).abs().max().item()
-        err_tok = max((out[1] - ref[1]).abs().max().item(), (out[2] - ref[2]).abs().max().item())
+        errors[name] = (fixture_error(fn), max((out[1] - ref[1]).abs().max().item(), (out[2] - ref[2]).abs().max().item()),
+                        (out[0] - ref[0]).abs().max().item())
+    ms = {}
+    with torch.no_grad():
         for batch in (1, 8):
-            ms = median_ms(fn, inputs(batch), args.repeats if batch == 1 else max(5, args.repeats // 4))
-            rows.append((name, batch, ms, err_tok, err_feat))
+            ms[batch] = round_robin_ms(modes, inputs(batch), args.repeats if batch == 1 else max(5, args.repeats // 4))
 
-    base = {b: ms for n, b, ms, *_ in rows if n == next(iter(modes))}
+    first = next(iter(modes))
     print()
-    print(f"{'mode':38s} {'batch':>5s} {'ms/call':>8s} {'ms/face':>8s} {'GFLOP/s':>8s} "
-          f"{'speed-up':>8s} {'max|err| tokens':>16s} {'features':>9s}")
-    for name, batch, ms, err_tok, err_feat in rows:
-        per_face = ms / batch
-        print(f"{name:38s} {batch:5d} {ms:8.1f} {per_face:8.1f} {GFLOP_PER_FACE / per_face * 1000:8.1f} "
-              f"{base[batch] / ms:7.2f}x {err_tok:16.1e} {err_feat:9.1e}")
+    print(f"{'mode':38s} {'batch':>5s} {'ms/call':>8s} {'ms/face':>8s} {'GFLOP/s':>8s} {'speed-up':>8s} "
+          f"{'tokens vs official':>18s} {'tokens vs fp32':>14s} {'features':>9s}")
+    for batch in (1, 8):
+        for name in modes:
+            per_face = ms[batch][name] / batch
+            fix, tok, feat = errors[name]
+            fix_s = "n/a" if fix is None else f"{fix:.1e}"
+            print(f"{name:38s} {batch:5d} {ms[batch][name]:8.1f} {per_face:8.1f} "
+                  f"{GFLOP_PER_FACE / per_face * 1000:8.1f} {ms[batch][first] / ms[batch][name]:7.2f}x "
+                  f"{fix_s:>18s} {tok:14.1e} {feat:9.1e}")
     for name, s in compile_s.items():
-        eager_name = next(n for n in modes if n.startswith(name.replace(" + compile", "")))
-        eager = next(ms for n, b, ms, *_ in rows if b == 1 and n == eager_name)
-        comp = next(ms for n, b, ms, *_ in rows if b == 1 and n == name)
-        gain = eager - comp
+        eager = ms[1][next(n for n in modes if n.startswith(name.replace(" + compile", "")))]
+        gain = eager - ms[1][name]
         faces = f"{s * 1000 / gain:.0f} faces at batch 1" if gain > 0 else "never"
         print(f"{name}: {s:.1f} s to compile (batch 1 and 8); pays off after {faces}")
-    print("\nspeed-up: against the first row at the same batch, measured in this run. err: max |x - ours fp32|.")
+    print("\nspeed-up: against the first row at the same batch, measured in this run (calls interleaved). "
+          "tokens vs official: max |tokens - reference fixtures| on the fixtures' batch; "
+          "vs fp32: max |x - ours fp32| on these inputs.")
 
 
 if __name__ == "__main__":

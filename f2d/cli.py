@@ -10,10 +10,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
-
+from .files import load_photo
+from .precision import PRECISIONS
+from .tokens import DEFAULT_IDENTIFIER
 from .weights import WeightsError, convert
 
 
@@ -27,16 +29,18 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
-def load_photo(path: str) -> np.ndarray:
-    from PIL import Image, ImageOps, UnidentifiedImageError
+@contextmanager
+def open_detector(backend: str, insightface_roots):
+    """The chosen detector, closed afterwards (mediapipe holds native graphs, insightface sessions)."""
+    from .detect import get_detector
 
+    detector = get_detector(backend, insightface_roots=insightface_roots)
     try:
-        with Image.open(path) as im:
-            return np.array(ImageOps.exif_transpose(im).convert("RGB"))
-    except FileNotFoundError:
-        raise CLIError(f"{path}: no such photo") from None
-    except (UnidentifiedImageError, OSError) as e:
-        raise CLIError(f"{path}: not a readable image ({e})") from None
+        yield detector
+    finally:
+        close = getattr(detector, "close", None)
+        if close is not None:
+            close()
 
 
 def _identity_tokens(args: argparse.Namespace):
@@ -49,16 +53,17 @@ def _identity_tokens(args: argparse.Namespace):
         raise CLIError("give the person: -i PHOTO (one or more) or --identity FILE")
     if not (args.msid and args.mapping):
         raise CLIError("encoding a photo needs the weights: --msid msid.pt --mapping mapping.pt")
-    from .detect import get_detector
+    from .generate import pick_device
     from .identity import IdentityEncoder, encode_photos
 
-    encoder = IdentityEncoder.from_files(args.msid, args.mapping)
     photos = [load_photo(p) for p in args.input]
-    detector = get_detector(args.detector, insightface_roots=args.insightface_root)
-    identity = encode_photos(encoder, detector, photos, face=args.face)
+    device, _ = pick_device(args.device)
+    encoder = IdentityEncoder.for_device(args.msid, args.mapping, device, args.precision)
+    with open_detector(args.detector, args.insightface_root) as detector:
+        identity = encode_photos(encoder, detector, photos, face=args.face)
     tokens = encoder.tokens(identity.mean)
     info = {"msid": Path(args.msid).name, "mapping": Path(args.mapping).name, "photos": len(photos),
-            "expression": "unconditional"}
+            "expression": "unconditional", "precision": encoder.precision}
     return tokens, identity.mean, info
 
 
@@ -81,7 +86,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     if args.prompts_file:
         prompts += [ln.strip() for ln in Path(args.prompts_file).read_text().splitlines() if ln.strip()]
     if not prompts:
-        raise CLIError("give a prompt: -p \"a photo of f l ...\" or --prompts-file FILE")
+        raise CLIError(f"give a prompt: -p \"a photo of {DEFAULT_IDENTIFIER} ...\" or --prompts-file FILE")
     check_identifier(args.identifier)
     for p in prompts:
         class_prompt(p, args.identifier)  # every prompt names the person, before any model loads
@@ -118,10 +123,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
-    from .detect import get_detector
     from .train.data import prepare
 
-    manifest = prepare(Path(args.images), Path(args.out), args.prompt, get_detector(args.detector))
+    with open_detector(args.detector, args.insightface_root) as detector:
+        manifest = prepare(Path(args.images), Path(args.out), args.prompt, detector)
     print(f"{manifest}: {len(manifest.read_text().splitlines())} sample(s)")
     return 0
 
@@ -135,6 +140,10 @@ def _person_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--insightface-root", action="append", default=[], metavar="DIR",
                    help="folder holding models/<pack>/*.onnx (antelopev2 or buffalo_l)")
     p.add_argument("--face", default="largest", help="'largest' or the n-th face from the left (0 = leftmost)")
+    p.add_argument("--device", default="auto", help="auto, cuda, mps or cpu (fp16 on GPUs)")
+    p.add_argument("--precision", default="auto", choices=list(PRECISIONS),
+                   help="the MSID's attention/MLP precision; auto: bf16 on CPUs with AVX512-BF16/AMX, "
+                        "fp32 on other CPUs, fp16 on GPUs (norms and mapping always fp32)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -146,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(Euler ancestral, 30 steps, guidance 7).")
     _person_args(g)
     g.add_argument("--identity", help="an identity file (from `encode` or F2D Save Identity) instead of -i")
-    g.add_argument("-p", "--prompt", help="the prompt, with the identifier where the person goes: 'f l ...'")
+    g.add_argument("-p", "--prompt", help=f"the prompt, with the identifier where the person goes: '{DEFAULT_IDENTIFIER} ...'")
     g.add_argument("--prompts-file", help="one prompt per line (each gets its own grid)")
     g.add_argument("--base", required=True, help="SD1.x checkpoint (.safetensors/.ckpt) or diffusers folder")
     g.add_argument("--config", help="for a single-file --base without a network: a diffusers SD1.5 folder or "
@@ -162,8 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--width", type=int, default=512)
     g.add_argument("--identity-start", type=float, default=0.0,
                    help="fraction of steps that use 'a person' before the identity")
-    g.add_argument("--identifier", default="f l")
-    g.add_argument("--device", default="auto", help="auto, cuda, mps or cpu (fp16 on GPUs)")
+    g.add_argument("--identifier", default=DEFAULT_IDENTIFIER)
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     g.set_defaults(func=_cmd_generate)
 
@@ -186,8 +194,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "and write manifest.jsonl (expressions left empty: add them from a 3D face model).")
     d.add_argument("--images", required=True)
     d.add_argument("--out", required=True)
-    d.add_argument("--prompt", default="a photo of f l")
+    d.add_argument("--prompt", default=f"a photo of {DEFAULT_IDENTIFIER}")
     d.add_argument("--detector", default="auto", choices=["auto", "mediapipe", "insightface"])
+    d.add_argument("--insightface-root", action="append", default=[], metavar="DIR",
+                   help="folder holding models/<pack>/*.onnx (antelopev2 or buffalo_l)")
     d.set_defaults(func=_cmd_prepare)
 
     c = sub.add_parser(

@@ -1,6 +1,7 @@
 """Face2Diffusion outside ComfyUI, with diffusers: prompt conditioning and image generation.
 
-The identity tokens go into the prompt through a forward hook on the text encoder's embeddings
+This is the diffusers/transformers adapter of the identifier rule (f2d/tokens.py): the identity
+tokens go into the prompt through a forward hook on the text encoder's embeddings
 module (token + position embedding): the hook replaces that module's output rows at the
 identifier, which is exactly where the official code replaces them. A hook is PyTorch's public
 API, so no transformers class is patched, and the embeddings module is found by what it holds
@@ -20,15 +21,7 @@ from pathlib import Path
 import torch
 
 from .identity import IdentityTokens
-from .tokens import (
-    DEFAULT_IDENTIFIER,
-    IdentifierError,
-    check_identifier,
-    class_prompt,
-    find_identifier,
-    identifier_ids,
-    missing_identifier_message,
-)
+from .tokens import DEFAULT_IDENTIFIER, class_prompt, embeddings_module, identity_replacements, position_table
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +31,6 @@ SCHEDULERS = {
     "ddim": "DDIMScheduler",
     "dpmpp_2m": "DPMSolverMultistepScheduler",
 }
-
-
-def embeddings_module(text_encoder: torch.nn.Module) -> torch.nn.Module:
-    for module in text_encoder.modules():
-        if hasattr(module, "token_embedding") and hasattr(module, "position_embedding"):
-            return module
-    raise IdentifierError("the text encoder has no CLIP embeddings module (token + position embedding); "
-                          "Face2Diffusion needs an SD1.x pipeline (CLIP-L text encoder)")
 
 
 @contextmanager
@@ -70,7 +55,7 @@ def replaced_rows(text_encoder: torch.nn.Module, rows: dict[tuple[int, int], tor
 def _input_ids(tokenizer, text_encoder, text: str) -> torch.Tensor:
     # The text encoder's position table, not tokenizer.model_max_length, bounds the prompt:
     # some tokenizer configs (ComfyUI's) set a large maximum and chunk prompts themselves.
-    length = embeddings_module(text_encoder).position_embedding.weight.shape[0]
+    length = position_table(text_encoder).shape[0]
     full = tokenizer(text, truncation=False).input_ids
     if len(full) > length:
         log.warning("prompt is %d tokens, longer than %d: the rest is cut off, as in diffusers: %r",
@@ -86,17 +71,14 @@ def encode_prompts(tokenizer, text_encoder, prompts: list[str], first: torch.Ten
     device = next(text_encoder.parameters()).device
     if first is None:
         return text_encoder(ids.to(device))[0]
-    identifier = check_identifier(identifier)
-    pair = identifier_ids(tokenizer(identifier, add_special_tokens=False).input_ids, identifier)
+    identifier_tokens = tokenizer(identifier, add_special_tokens=False).input_ids
     special = {tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id}
     rows = {}
     for b, text in enumerate(prompts):
-        positions = find_identifier([ids[b].tolist()], pair, special)
-        if not positions:
-            raise IdentifierError(missing_identifier_message(text, identifier))
-        for p in positions:
-            rows[(b, p.first[1])] = first[b]
-            rows[(b, p.last[1])] = last[b]
+        # One chunk per prompt; rows replaced after the embeddings layer: no position compensation.
+        for (_, i), vector in identity_replacements([ids[b].tolist()], text, identifier, identifier_tokens,
+                                                    special, first[b], last[b]):
+            rows[(b, i)] = vector
     with replaced_rows(text_encoder, rows):
         return text_encoder(ids.to(device))[0]
 

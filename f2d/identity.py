@@ -5,7 +5,6 @@ runs the same code.
 """
 from __future__ import annotations
 
-import contextlib
 import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -17,6 +16,7 @@ from torch import nn
 from .align import crop_to_tensor_input
 from .mapping import MappingNetwork
 from .msid import MSIDEncoder
+from .precision import compute_dtype, precision_for
 from .weights import load_mapping, load_msid
 
 if TYPE_CHECKING:
@@ -41,15 +41,23 @@ class IdentityEncoder(nn.Module):
     def from_files(cls, msid_path: str | os.PathLike, mapping_path: str | os.PathLike) -> "IdentityEncoder":
         return cls(load_msid(msid_path), load_mapping(mapping_path)).eval()
 
-    def reduce_precision(self, dtype: torch.dtype = torch.bfloat16) -> "IdentityEncoder":
-        """Run the MSID's attention and MLPs in ``dtype``; norms and the mapping stay float32.
+    @classmethod
+    def for_device(cls, msid_path: str | os.PathLike, mapping_path: str | os.PathLike,
+                   device: torch.device | str = "cpu", precision: str = "auto") -> "IdentityEncoder":
+        """Load, apply the precision policy for ``device`` (see :mod:`f2d.precision`), move there."""
+        return cls.from_files(msid_path, mapping_path).set_precision(precision_for(device, precision)).to(device)
 
-        Measured on the reference weights (bench/encode.py): the identity tokens move by ~2e-4,
-        while a bfloat16 mapping alone moves them by ~8e-3 -- its 1600-wide dot products are
-        where bfloat16's 8-bit mantissa shows -- so the mapping, 0.3 % of the work, stays float32.
-        """
-        self.msid.set_compute_dtype(dtype)
+    def set_precision(self, precision: str) -> "IdentityEncoder":
+        """Run the MSID's attention and MLPs in ``precision`` ("fp32", "bf16", "fp16"); the
+        norms, the residual stream and the mapping network stay float32 (see f2d.precision).
+        Hosts that move models between devices keep these dtypes (``.to(device)`` does)."""
+        self.msid.set_compute_dtype(compute_dtype(precision))
         return self
+
+    @property
+    def precision(self) -> str:
+        dtype = self.msid.compute_dtype
+        return next(name for name in ("fp32", "bf16", "fp16") if compute_dtype(name) == dtype)
 
     # Not named device/dtype: hosts' model managers (ComfyUI's ModelPatcher) set those attributes.
     @property
@@ -58,26 +66,19 @@ class IdentityEncoder(nn.Module):
 
     @property
     def weight_dtype(self) -> torch.dtype:
-        """The storage dtype of inputs and outputs (the residual stream's)."""
+        """The dtype of inputs and outputs (the residual stream's: float32 in every precision)."""
         return self.msid.cls_token.dtype
 
-    def _autocast(self, dtype: torch.dtype | None):
-        if dtype is None or dtype == self.weight_dtype:
-            return contextlib.nullcontext()
-        return torch.autocast(self.weight_device.type, dtype=dtype)
-
     @torch.no_grad()
-    def features(self, faces: torch.Tensor | np.ndarray, compute_dtype: torch.dtype | None = None) -> torch.Tensor:
+    def features(self, faces: torch.Tensor | np.ndarray) -> torch.Tensor:
         """Aligned faces -> identity features ``(B, 1536)`` in float32.
 
         ``faces``: ``(B, 112, 112, 3)`` uint8 crops, or a ``(B, 3, 112, 112)`` tensor already in
-        [-1, 1]. ``compute_dtype`` (e.g. bfloat16) runs the encoder under autocast.
+        [-1, 1].
         """
         if isinstance(faces, np.ndarray):
             faces = crop_to_tensor_input(faces)
-        x = faces.to(device=self.weight_device, dtype=self.weight_dtype)
-        with self._autocast(compute_dtype):
-            return self.msid(x).float()
+        return self.msid(faces.to(device=self.weight_device, dtype=self.weight_dtype)).float()
 
     @torch.no_grad()
     def tokens(
@@ -85,7 +86,6 @@ class IdentityEncoder(nn.Module):
         features: torch.Tensor,
         exp: torch.Tensor | None = None,
         use_null: torch.Tensor | None = None,
-        compute_dtype: torch.dtype | None = None,
     ) -> IdentityTokens:
         """Identity features -> the two identity tokens (unconditional expression by default)."""
         f = features.to(device=self.weight_device, dtype=self.weight_dtype)
@@ -93,8 +93,7 @@ class IdentityEncoder(nn.Module):
             exp = exp.to(device=self.weight_device, dtype=self.weight_dtype)
         if use_null is not None:
             use_null = use_null.to(self.weight_device)
-        with self._autocast(compute_dtype):
-            first, last = self.mapping(f, exp, use_null)
+        first, last = self.mapping(f, exp, use_null)
         return IdentityTokens(first.float(), last.float())
 
     def forward(self, faces: torch.Tensor) -> IdentityTokens:
@@ -117,10 +116,9 @@ class Identity:
 
 
 def encode_photos(encoder: IdentityEncoder, detector, images, face: str | int = "largest",
-                  skip_faceless: bool = False, compute_dtype: torch.dtype | None = None,
-                  progress=None) -> Identity:
+                  skip_faceless: bool = False, progress=None) -> Identity:
     """Detect, align and encode the face in each photo (see :func:`f2d.detect.detect_and_align`)."""
     from .detect import detect_and_align
 
     aligned = detect_and_align(images, detector, face=face, skip_faceless=skip_faceless, progress=progress)
-    return Identity(encoder.features(aligned.crops, compute_dtype=compute_dtype), aligned)
+    return Identity(encoder.features(aligned.crops), aligned)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from .files import save_safetensors_atomic
 from .identity import IdentityTokens
 from .mapping import TOKEN_DIM
 from .msid import FEATURE_DIM
@@ -30,8 +31,6 @@ def save_identity(path: str | os.PathLike, tokens: IdentityTokens, identity: tor
     path = Path(path)
     if path.suffix != ".safetensors":
         path = path.with_name(path.name + ".safetensors")
-    from safetensors.torch import save_file
-
     tensors = {
         "first": tokens.first.detach().float().cpu().reshape(TOKEN_DIM).contiguous(),
         "last": tokens.last.detach().float().cpu().reshape(TOKEN_DIM).contiguous(),
@@ -39,11 +38,7 @@ def save_identity(path: str | os.PathLike, tokens: IdentityTokens, identity: tor
     if identity is not None:
         tensors["identity"] = identity.detach().float().cpu().reshape(FEATURE_DIM).contiguous()
     meta = {"format": FORMAT, "version": VERSION, **(info or {})}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    save_file(tensors, str(tmp), metadata={"f2d": json.dumps(meta, sort_keys=True)})
-    os.replace(tmp, path)
-    return path
+    return save_safetensors_atomic(path, tensors, {"f2d": json.dumps(meta, sort_keys=True)})
 
 
 def load_identity(path: str | os.PathLike) -> tuple[IdentityTokens, torch.Tensor | None, dict]:

@@ -97,18 +97,17 @@ class MSIDEncoder(nn.Module):
         )
 
     def set_compute_dtype(self, dtype: torch.dtype) -> "MSIDEncoder":
-        """Run attention and MLPs in ``dtype`` (e.g. bfloat16 on CPUs with AMX/AVX512-BF16);
-        the residual stream, every norm and the output stay in the parameters' float32.
-        Weights are cast once here, not at each call as autocast does -- that is what makes
-        it pay off at batch 1."""
+        """Run attention and MLPs in ``dtype`` (the policy is in f2d.precision); the residual
+        stream, every norm and the output stay in float32. Weights are cast once here, not at
+        each call as autocast does -- that is what makes it pay off at batch 1."""
         for block in self.blocks:
             block.attn.to(dtype)
             block.mlp.to(dtype)
         return self
 
     @property
-    def feature_dim(self) -> int:
-        return WIDTH * len(self.extract_depths)
+    def compute_dtype(self) -> torch.dtype:
+        return self.blocks[0].mlp.fc1.weight.dtype
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.patch_embed(x)

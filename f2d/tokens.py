@@ -11,6 +11,16 @@ Token streams here are lists of 77-token chunks, each token an int id or a tuple
 item is the id (ComfyUI's ``(id, weight, word_id)``); the rule finds the identifier's ids as
 consecutive content tokens, also across a chunk boundary, so prompt weighting such as
 ``(f l:1.2)`` and punctuation (``f l,``) do not hide it. Every occurrence is replaced.
+
+The rule is written once, here, host-free: :func:`identity_replacements` (check the identifier,
+locate it, fail loudly when it is missing, compute what goes where). Each host has one thin
+adapter that feeds it the host's token streams and applies the result: ComfyUI's token lists in
+nodes/conditioning.py (one stream per text encoder, as the host's own PhotoMaker node iterates
+them), transformers' embedding output in f2d/generate.py (which training also uses).
+
+SD1.x's one text encoder, CLIP-L, is the only stream the identity tokens were trained for:
+:data:`STREAM_WIDTHS` names it, and a host adapter refuses other streams (SD2's OpenCLIP-H,
+SDXL's CLIP-G + CLIP-L) with :func:`unsupported_streams_message`.
 """
 from __future__ import annotations
 
@@ -21,6 +31,7 @@ from typing import Any, Sequence
 import torch
 
 DEFAULT_IDENTIFIER = "f l"
+STREAM_WIDTHS = {"l": 768}  # host stream name -> token width the identity tokens fit (SD1.x CLIP-L)
 CLASS_PHRASE = "a person"  # what the person becomes in the class prompt
 
 
@@ -120,3 +131,54 @@ def class_prompt(prompt: str, identifier: str = DEFAULT_IDENTIFIER, phrase: str 
     if not pattern.search(prompt):
         raise IdentifierError(missing_identifier_message(prompt, identifier))
     return pattern.sub(phrase, prompt)
+
+
+def unsupported_streams_message(streams) -> str:
+    names = ", ".join(f"'{k}'" for k in sorted(streams)) or "none"
+    return (
+        f"this CLIP is not SD1.x's: its text encoder streams are {names} (SD2 has 'h', SDXL 'g' and 'l'), "
+        "and the Face2Diffusion identity tokens are made for SD1.x's single CLIP-L. "
+        "Load an SD1.x checkpoint (SD1.4/1.5 or a fine-tune of them) and connect its CLIP."
+    )
+
+
+def embeddings_module(text_encoder: torch.nn.Module) -> torch.nn.Module:
+    """A CLIP text encoder's embeddings module (token + position embedding), found by what it holds,
+    which has survived every re-layout of transformers and ComfyUI's own CLIP."""
+    for module in text_encoder.modules():
+        if hasattr(module, "token_embedding") and hasattr(module, "position_embedding"):
+            return module
+    raise IdentifierError("the text encoder has no CLIP embeddings module (token + position embedding); "
+                          "Face2Diffusion needs an SD1.x checkpoint (CLIP-L text encoder)")
+
+
+def position_table(text_encoder: torch.nn.Module) -> torch.Tensor:
+    """The position embedding table ``(positions, width)`` of a CLIP text encoder (read only)."""
+    pe = embeddings_module(text_encoder).position_embedding
+    return pe.weight if hasattr(pe, "weight") else pe
+
+
+def identity_replacements(chunks: Sequence[Sequence[Any]], prompt: str, identifier: str,
+                          identifier_token_ids: Sequence[int], special_ids: set[int],
+                          first: torch.Tensor, last: torch.Tensor,
+                          position_embedding: torch.Tensor | None = None) -> list[tuple[tuple[int, int], torch.Tensor]]:
+    """The rule: (place, vector) for every identifier token of ``prompt``'s token ``chunks``.
+
+    Checks the identifier (two words, two tokens for this tokenizer), finds every occurrence
+    and raises :class:`IdentifierError` naming the prompt when there is none. ``first``/``last``
+    are one person's identity tokens (768 each). Hosts that add the position embedding to what
+    stands in the token list pass their ``position_embedding`` table, and the vector is
+    compensated for it; hosts that replace rows after the embeddings layer pass ``None``.
+    Computed in float32; the adapter casts to the host's dtype.
+    """
+    identifier = check_identifier(identifier)
+    ids = identifier_ids(identifier_token_ids, identifier)
+    positions = find_identifier(chunks, ids, special_ids)
+    if not positions:
+        raise IdentifierError(missing_identifier_message(prompt, identifier))
+    if position_embedding is not None:
+        return stream_vectors(first, last, position_embedding, positions)
+    out = []
+    for pos in positions:
+        out += [(pos.first, first.float().reshape(-1)), (pos.last, last.float().reshape(-1))]
+    return out

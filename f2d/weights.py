@@ -14,13 +14,12 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .files import save_safetensors_atomic
 from .mapping import MappingNetwork
 from .msid import MSIDEncoder
 
-SUFFIXES = (".safetensors", ".pt", ".pth", ".ckpt", ".bin")
 # Official checkpoints were saved from the bare modules; some re-uploads wrap them.
 _WRAPPER_KEYS = ("state_dict", "model", "module", "params")
-_KIND_KEY = "f2d_kind"
 
 
 class WeightsError(ValueError):
@@ -201,8 +200,6 @@ def kind_of(state_dict: dict[str, torch.Tensor]) -> str | None:
 
 def convert(src: str | os.PathLike, dst: str | os.PathLike) -> str:
     """Convert an F2D ``.pt`` checkpoint to ``.safetensors``; returns the model kind."""
-    from safetensors.torch import save_file
-
     dst = Path(dst)
     if dst.suffix != ".safetensors":
         raise WeightsError(f"{dst}: the output must end in .safetensors")
@@ -213,9 +210,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike) -> str:
             f"{src}: not an F2D checkpoint; it looks like {describe_state_dict(state_dict)}. "
             "Only msid.pt and mapping.pt are converted."
         )
-    tensors = {k: v.contiguous() for k, v in state_dict.items()}
-    tmp = dst.with_name(dst.name + ".part")
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(tmp), metadata={_KIND_KEY: kind})  # one key: byte-identical output
-    os.replace(tmp, dst)
+    # No metadata: the loaders tell the kind from the keys (kind_of), and the output stays
+    # byte-identical for equal input.
+    save_safetensors_atomic(dst, state_dict)
     return kind

@@ -1,58 +1,59 @@
 """Prompt conditioning with the identity, and a sampler that uses it."""
 from __future__ import annotations
 
-import comfy.sample
+import importlib
+
 import comfy.samplers
-import comfy.utils
-import latent_preview
 import node_helpers
-import torch
 from comfy_api.latest import io
 
 from ..f2d.tokens import (
     DEFAULT_IDENTIFIER,
+    STREAM_WIDTHS,
     IdentifierError,
     check_identifier,
     class_prompt,
-    find_identifier,
-    identifier_ids,
+    identity_replacements,
     inject,
-    missing_identifier_message,
-    stream_vectors,
+    position_table,
+    unsupported_streams_message,
 )
-from .types import CATEGORY, F2DIdTokens, F2DIdTokensIO
-
-SD1_KEY = "l"  # SD1.x's only text encoder, CLIP-L
+from .types import CATEGORY, F2DIdTokens, F2DIdTokensIO, unknown_choice
 
 
-def _position_embedding(clip) -> torch.Tensor:
-    """CLIP-L's position table, read (never changed) to put identity tokens in the stream
-    exactly where the official code puts them: after the position embedding."""
-    try:
-        return clip.cond_stage_model.clip_l.transformer.text_model.embeddings.position_embedding.weight
-    except AttributeError:
-        raise IdentifierError(
-            "Face2Diffusion works with SD1.x checkpoints (SD1.4/1.5 and their fine-tunes), whose text encoder "
-            "is CLIP-L; this CLIP is a different model. Load an SD1.x checkpoint."
-        ) from None
+def _stream_encoder(clip, key: str):
+    """The host's text encoder behind token stream ``key``: ComfyUI names them ``clip_<key>``
+    on the CLIP's model (``clip_l``, ``clip_g``, ...). Read only, for its position table."""
+    encoder = getattr(clip.cond_stage_model, f"clip_{key}", None)
+    if encoder is None:
+        raise IdentifierError(unsupported_streams_message([key]))
+    return encoder
 
 
 def identity_tokens_for(clip, text: str, id_tokens: F2DIdTokens, identifier: str) -> dict:
-    """ComfyUI's tokens for ``text`` with the identifier words replaced by the identity tokens."""
+    """ComfyUI's tokens for ``text`` with the identifier words replaced by the identity tokens:
+    the ComfyUI adapter of f2d.tokens' rule, applied to each of the host's token streams."""
     identifier = check_identifier(identifier)
     tokens = clip.tokenize(text, return_word_ids=True)
-    if set(tokens) != {SD1_KEY}:
-        _position_embedding(clip)  # raises the SD1.x message
-        raise IdentifierError(f"expected an SD1.x CLIP (one CLIP-L token stream), got streams {sorted(tokens)}")
-    ident = clip.tokenize(identifier, return_word_ids=True)[SD1_KEY][0]
-    ids = identifier_ids([t[0] for t in ident if t[2] > 0], identifier)
-    special = {t[0] for t in ident if t[2] == 0}  # start, end and pad tokens
-    positions = find_identifier(tokens[SD1_KEY], ids, special)
-    if not positions:
-        raise IdentifierError(missing_identifier_message(text, identifier))
+    if not tokens or set(tokens) - set(STREAM_WIDTHS):
+        raise IdentifierError(unsupported_streams_message(tokens))
+    ident = clip.tokenize(identifier, return_word_ids=True)
     t = id_tokens.tokens
-    vectors = stream_vectors(t.first[0], t.last[0], _position_embedding(clip), positions)
-    return {SD1_KEY: inject(tokens[SD1_KEY], vectors)}
+    out = {}
+    for key, chunks in tokens.items():  # every stream the host tokenized, as its PhotoMaker node does
+        words = ident[key][0]
+        table = position_table(_stream_encoder(clip, key))
+        if table.shape[-1] != STREAM_WIDTHS[key]:
+            raise IdentifierError(unsupported_streams_message(tokens))
+        vectors = identity_replacements(
+            chunks, text, identifier,
+            identifier_token_ids=[w[0] for w in words if w[2] > 0],
+            special_ids={w[0] for w in words if w[2] == 0},  # start, end and pad tokens
+            first=t.first[0], last=t.last[0],
+            # ComfyUI adds the position embedding to vectors in the token list: compensate.
+            position_embedding=table)
+        out[key] = inject(chunks, vectors)
+    return out
 
 
 def encode_identity_prompt(clip, text: str, id_tokens: F2DIdTokens, identifier: str) -> list:
@@ -63,7 +64,8 @@ def identity_schedule(clip, text: str, id_tokens: F2DIdTokens, identifier: str, 
     """Identity prompt between ``start`` and ``end`` (fractions of sampling), the class prompt
     ("a person" for the identifier) elsewhere: delayed subject conditioning."""
     if not 0.0 <= start < end <= 1.0:
-        raise ValueError(f"identity_start ({start}) must be below identity_end ({end}), both within 0..1")
+        raise ValueError(f"identity_start ({start}) must be below identity_end ({end}), both within 0..1: "
+                         "lower identity_start or raise identity_end (0 and 1: the identity throughout)")
     with_id = encode_identity_prompt(clip, text, id_tokens, identifier)
     if start == 0.0 and end == 1.0:
         return with_id
@@ -79,7 +81,7 @@ def identity_schedule(clip, text: str, id_tokens: F2DIdTokens, identifier: str, 
 def _identity_inputs() -> list:
     return [
         io.String.Input("identifier", default=DEFAULT_IDENTIFIER,
-                        tooltip="The two words that stand for the person in the prompt (official: 'f l')."),
+                        tooltip=f"The two words that stand for the person in the prompt (official: '{DEFAULT_IDENTIFIER}')."),
         io.Float.Input("identity_start", default=0.0, min=0.0, max=1.0, step=0.01,
                        tooltip="Fraction of sampling before which the prompt says 'a person' instead of the "
                                "identity: raise it (0.1-0.3) to let the layout follow the text more."),
@@ -90,22 +92,22 @@ def _identity_inputs() -> list:
 
 def _prompt_input(default: str) -> io.String.Input:
     return io.String.Input("text", multiline=True, dynamic_prompts=True, default=default,
-                           tooltip="The prompt. Write the identifier (default 'f l') where the person goes, e.g. "
-                                   "'a photo of f l smiling on a beach'. Prompt weighting works as usual.")
+                           tooltip=f"The prompt. Write the identifier (default '{DEFAULT_IDENTIFIER}') where the person goes, "
+                                   f"e.g. 'a photo of {DEFAULT_IDENTIFIER} smiling on a beach'. Prompt weighting "
+                                   "works as usual.")
 
 
-def _validate_identity_window(identity_start, identity_end, identifier) -> bool | str:
-    """Checked before the run; inputs fed by links arrive as None here and are checked at run time."""
-    for name, v in (("identity_start", identity_start), ("identity_end", identity_end)):
-        if v is not None and not 0.0 <= v <= 1.0:
-            return f"{name} must be within 0..1, got {v}"
-    if identity_start is not None and identity_end is not None and identity_start >= identity_end:
-        return f"identity_start ({identity_start}) must be below identity_end ({identity_end})"
-    if identifier is not None:
-        try:
-            check_identifier(identifier)
-        except IdentifierError as e:
-            return str(e)
+def _validate_identifier(identifier) -> bool | str:
+    """Checked before the run (None: fed by a link, checked when it arrives). ComfyUI repeats a
+    validate_inputs message once per input the method takes, so each method takes only the
+    inputs its message is about; the window order and a missing identifier are checked once at
+    run time (identity_schedule), where the prompt text is known."""
+    if identifier is None:
+        return True
+    try:
+        check_identifier(identifier)
+    except IdentifierError as e:
+        return str(e)
     return True
 
 
@@ -116,18 +118,18 @@ class F2DTextEncode(io.ComfyNode):
             node_id="F2DTextEncode",
             display_name="F2D Text Encode",
             category=CATEGORY,
-            description=("Encodes a prompt with the person in it: the identifier words (default 'f l') are "
+            description=(f"Encodes a prompt with the person in it: the identifier words (default '{DEFAULT_IDENTIFIER}') are "
                          "replaced by the identity tokens, as the official Face2Diffusion does. The output is "
                          "ordinary CONDITIONING for any sampler, ControlNet or conditioning node."),
             inputs=[io.Clip.Input("clip", tooltip="The CLIP of an SD1.x checkpoint."),
                     F2DIdTokensIO.Input("id_tokens", tooltip="From F2D Expression Guidance or F2D Load Identity."),
-                    _prompt_input("a photo of f l")] + _identity_inputs(),
+                    _prompt_input(f"a photo of {DEFAULT_IDENTIFIER}")] + _identity_inputs(),
             outputs=[io.Conditioning.Output()],
         )
 
     @classmethod
-    def validate_inputs(cls, identity_start, identity_end, identifier) -> bool | str:
-        return _validate_identity_window(identity_start, identity_end, identifier)
+    def validate_inputs(cls, identifier) -> bool | str:
+        return _validate_identifier(identifier)
 
     @classmethod
     def execute(cls, clip, id_tokens, text, identifier, identity_start, identity_end) -> io.NodeOutput:
@@ -148,7 +150,7 @@ class F2DSampler(io.ComfyNode):
                 io.Model.Input("model", tooltip="The SD1.x model (after any LoRA loaders)."),
                 io.Clip.Input("clip", tooltip="The CLIP of an SD1.x checkpoint."),
                 F2DIdTokensIO.Input("id_tokens", tooltip="From F2D Expression Guidance or F2D Load Identity."),
-                _prompt_input("a photo of f l"),
+                _prompt_input(f"a photo of {DEFAULT_IDENTIFIER}"),
                 io.String.Input("negative", multiline=True, default="", tooltip="Negative prompt (no identity)."),
                 io.Latent.Input("latent_image", tooltip="Empty Latent Image (512x512 for SD1.x) or an image to vary."),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
@@ -167,21 +169,20 @@ class F2DSampler(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, identity_start, identity_end, identifier) -> bool | str:
-        return _validate_identity_window(identity_start, identity_end, identifier)
+    def validate_inputs(cls, sampler_name, scheduler) -> bool | str:
+        # ComfyUI 0.3.75 does not check V3 combo values: an API prompt's unknown sampler would run
+        # with a silent substitute. (The identifier is checked at run time: see _validate_identifier.)
+        return (unknown_choice("sampler_name", sampler_name, comfy.samplers.KSampler.SAMPLERS)
+                or unknown_choice("scheduler", scheduler, comfy.samplers.KSampler.SCHEDULERS) or True)
 
     @classmethod
     def execute(cls, model, clip, id_tokens, text, negative, latent_image, seed, steps, cfg, sampler_name,
                 scheduler, denoise, identifier, identity_start, identity_end) -> io.NodeOutput:
         positive = identity_schedule(clip, text, id_tokens, identifier, identity_start, identity_end)
         negative_cond = clip.encode_from_tokens_scheduled(clip.tokenize(negative))
-        latent = latent_image["samples"]
-        latent = comfy.sample.fix_empty_latent_channels(model, latent)
-        noise = comfy.sample.prepare_noise(latent, seed, latent_image.get("batch_index"))
-        callback = latent_preview.prepare_callback(model, steps)  # progress bar, previews, interrupt
-        samples = comfy.sample.sample(model, noise, steps, cfg, sampler_name, scheduler, positive, negative_cond,
-                                      latent, denoise=denoise, noise_mask=latent_image.get("noise_mask"),
-                                      callback=callback, disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
-        out = latent_image.copy()
-        out["samples"] = samples
+        # The host's own KSampler path (noise, latent channels, masks, previews, progress and
+        # interrupt), so the node follows the host wherever it changes.
+        common_ksampler = importlib.import_module("nodes").common_ksampler
+        (out,) = common_ksampler(model, seed, steps, cfg, sampler_name, scheduler, positive, negative_cond,
+                                 latent_image, denoise=denoise)
         return io.NodeOutput(out)

@@ -5,10 +5,10 @@ import os
 
 import comfy.model_management as mm
 import comfy.model_patcher
-import torch
 from comfy_api.latest import io
 
 from ..f2d.identity import IdentityEncoder
+from ..f2d.precision import precision_for
 from ..f2d.weights import WeightsError
 from . import paths
 from .types import CATEGORY, F2DModel, F2DModelIO
@@ -62,9 +62,9 @@ class F2DLoadMSID(io.ComfyNode):
         except WeightsError as e:
             raise WeightsError(f"F2D Load MSID: {e}") from None
         load_device = mm.get_torch_device()
-        # fp16 where the device runs it well (67 MB of weights); fp32 on CPUs, where fp16 is slow.
-        if mm.should_use_fp16(load_device):
-            encoder.to(torch.float16)
+        # The library's precision policy for the device the host will run it on; ComfyUI moves
+        # the model there (.to(device) keeps the per-module dtypes the policy set).
+        encoder.set_precision(precision_for(load_device))
         patcher = comfy.model_patcher.ModelPatcher(
             encoder, load_device=load_device, offload_device=mm.unet_offload_device()
         )

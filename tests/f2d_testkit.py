@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from formula import formula_state_dict, formula_tensor  # noqa: F401  (re-exported for tests and bench)
+
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(os.environ.get("F2D_FIXTURES", REPO.parent / "shared" / "fixtures" / "f2d-reference"))
 PACK_NAME = "ComfyUI-Face2Diffusion"
@@ -33,7 +35,6 @@ def require_fixtures() -> Path:
 def write_formula_weights(folder: Path, kind: str, fmt: str) -> Path:
     """Write the formula weights of ``kind`` ("msid" | "mapping") as the official ``.pt``
     (a bare state dict) or as ``.safetensors``."""
-    from f2d.formula import formula_state_dict
     from f2d.weights import MODEL_KINDS
 
     sd = formula_state_dict(MODEL_KINDS[kind][0]())
@@ -154,8 +155,6 @@ def copy_into(src: Path, dst_dir: Path) -> Path:
 
 def formula_clip_state_dict() -> dict[str, torch.Tensor]:
     """SD1.x's CLIP-L text tower (transformers key names) with the reference formula weights."""
-    from f2d.formula import formula_tensor
-
     manifest = json.loads((require_fixtures() / "clip_l_state_dict.json").read_text())
     return {k: formula_tensor(k, v["shape"]) if v["dtype"] == "float32" else torch.arange(77).reshape(1, 77)
             for k, v in manifest.items()}

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,9 +18,12 @@ import numpy as np
 import torch
 
 from ..align import crop_to_tensor_input
+from ..files import load_photo, save_safetensors_atomic
 from ..generate import encode_prompts
 from ..mapping import MappingNetwork
 from ..msid import MSIDEncoder
+from ..precision import compute_dtype, precision_for
+from ..tokens import DEFAULT_IDENTIFIER
 from ..weights import load_mapping, load_msid, load_tensors
 from .data import FaceDataset
 from .loss import cgdr_loss, mask_to_latent
@@ -44,14 +46,15 @@ class TrainConfig:
     weight_decay: float = 0.0
     null_exp_prob: float = 0.1  # Expression Guidance: how often null_exp replaces the expression
     class_prompt: str = "a photo of a person"
-    identifier: str = "f l"
+    identifier: str = DEFAULT_IDENTIFIER
+    insightface_roots: list[str] = field(default_factory=list)  # for sample_photo's face detection
     mixed_precision: str = "no"  # "no", "fp16" or "bf16" (GPU)
     seed: int = 0
     checkpoint_every: int = 1000
     log_every: int = 10
     sample_every: int = 0  # 0: no sample images
     sample_photo: str | None = None
-    sample_prompts: list[str] = field(default_factory=lambda: ["a photo of f l smiling"])
+    sample_prompts: list[str] = field(default_factory=lambda: [f"a photo of {DEFAULT_IDENTIFIER} smiling"])
     sample_steps: int = 30
 
     @classmethod
@@ -93,7 +96,9 @@ class Trainer:
         from diffusers import DDPMScheduler
 
         self.noise_scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
+        # Frozen, used once per face: the library's precision policy for this device (f2d.precision).
         self.msid: MSIDEncoder = load_msid(cfg.msid, device=device)
+        self.msid.set_compute_dtype(compute_dtype(precision_for(device)))
         self.data = FaceDataset(cfg.data, cfg.resolution)
         # The MSID is frozen and its input fixed per sample: encode each face once.
         with torch.no_grad():
@@ -163,13 +168,7 @@ class Trainer:
 
     def save_mapping(self, path: Path) -> Path:
         """The mapping in the official key layout, loadable by F2D Load MSID."""
-        from safetensors.torch import save_file
-
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".part")
-        save_file(self.mapping_state(), str(tmp), metadata={"f2d_kind": "mapping"})
-        os.replace(tmp, path)
-        return path
+        return save_safetensors_atomic(path, self.mapping_state())
 
     def save_checkpoint(self) -> Path:
         folder = self.out / "checkpoints" / f"step-{self.step:07d}"
@@ -193,13 +192,17 @@ class Trainer:
         return found[-1].parent if found else None
 
     def sample_images(self) -> list[Path]:
-        from ..cli import load_photo
         from ..detect import detect_and_align, get_detector
         from ..generate import GenerationSettings, generate
         from ..identity import IdentityTokens
 
         cfg = self.cfg
-        crops = detect_and_align([load_photo(cfg.sample_photo)], get_detector("auto")).crops
+        detector = get_detector("auto", insightface_roots=cfg.insightface_roots)
+        try:
+            crops = detect_and_align([load_photo(cfg.sample_photo)], detector).crops
+        finally:
+            if hasattr(detector, "close"):
+                detector.close()
         mapping = self.acc.unwrap_model(self.mapping)
         mapping.eval()
         with torch.no_grad():

@@ -72,8 +72,16 @@ def test_conditioning_matches_official_in_fp32(f2d_nodes, clip32, reference_toke
     assert len(cond) == 1
     err = (cond[0][0] - reference[f"clip.{case}.cond"]).abs().max().item()
     assert err <= ATOL
-    # Pooled output: taken at the first end-of-text token, which the identity tokens leave in place.
-    assert cond[0][1]["pooled_output"] is not None
+    # Pooled output: ComfyUI takes SD1.x's at the first end-of-text token (the final-norm row,
+    # unprojected), which the identity tokens leave in place: it sees the person through causal
+    # attention. SD1.x's UNet does not read it; best-of-N's text term and other packs do.
+    eos = ids.index(49407)
+    assert 0 < eos < 76 and eos > max(i for i, t in enumerate(ids) if t in identifier_ids(clip32)[0])
+    pooled = cond[0][1]["pooled_output"].float()
+    assert pooled.shape == (1, 768)
+    assert (pooled - cond[0][0][:, eos].float()).abs().max().item() <= ATOL
+    assert (pooled - cond[0][0][:, eos + 1].float()).abs().max().item() > 1e-2  # not a later end/pad row
+    assert (pooled - reference[f"clip.{case}.cond"][:, eos]).abs().max().item() <= ATOL  # the official row
 
 
 @pytest.mark.parametrize("case", ["eiffel", "smile"])
@@ -152,8 +160,52 @@ def test_identity_window_uses_the_class_prompt_outside_it(f2d_nodes, clip32, ref
     person = plain(clip32, "a photo of a person smiling")
     assert (by_window[(0.0, 0.2)] - person).abs().max().item() <= ATOL
     assert (by_window[(0.2, 0.9)] - encode(f2d_nodes, clip32, reference_tokens, "a photo of f l smiling")[0][0]).abs().max() <= ATOL
-    assert f2d_nodes.F2DTextEncode.validate_inputs(0.5, 0.5, "f l") != True  # noqa: E712
-    assert "two words" in f2d_nodes.F2DTextEncode.validate_inputs(0.0, 1.0, "sks")
+    with pytest.raises(ValueError, match=r"identity_start \(0.5\) must be below identity_end \(0.5\)"):
+        encode(f2d_nodes, clip32, reference_tokens, "a photo of f l smiling", 0.5, 0.5)
+
+
+def test_validation_reports_each_problem_once_naming_input_and_value(f2d_nodes):
+    """ComfyUI repeats a validate_inputs message once per input the method takes: each node's
+    method takes only the inputs its messages are about."""
+    import inspect
+
+    text_encode, sampler = f2d_nodes.F2DTextEncode, f2d_nodes.F2DSampler
+    assert list(inspect.signature(text_encode.validate_inputs).parameters) == ["identifier"]
+    assert "two words" in text_encode.validate_inputs("sks")
+    assert text_encode.validate_inputs("f l") is True and text_encode.validate_inputs(None) is True
+    assert list(inspect.signature(sampler.validate_inputs).parameters) == ["sampler_name", "scheduler"]
+    assert sampler.validate_inputs("euler_ancestral", "normal") is True
+    msg = sampler.validate_inputs("euler_fancy", "normal")
+    assert msg.startswith("sampler_name: 'euler_fancy' is not one of the choices") and "pick one" in msg
+    assert sampler.validate_inputs("euler", "sometimes").startswith("scheduler: 'sometimes' is not one of")
+    assert sampler.validate_inputs(None, None) is True  # fed by links: checked when they arrive
+
+
+def test_sampler_refuses_a_bad_identifier_once_at_run_time(f2d_nodes, clip32, reference_tokens):
+    with pytest.raises(ValueError) as e:
+        f2d_nodes.F2DSampler.execute(None, clip32, reference_tokens, "a photo of sks", "", {}, 0, 1, 7.0, "euler",
+                                     "normal", 1.0, "sks", 0.0, 1.0)
+    assert type(e.value).__name__ == "IdentifierError" and str(e.value).count("two words") == 1
+
+
+@pytest.mark.parametrize("kind", ["sdxl", "sd2"])
+def test_sd2_and_sdxl_clips_are_refused_with_the_fix(f2d_nodes, reference_tokens, kind):
+    """The host's own SDXL (CLIP-G + CLIP-L) and SD2 (OpenCLIP-H) text encoder classes; no weights
+    are needed: the refusal comes from their token streams, before anything is encoded."""
+    import comfy.sd
+    import comfy.sdxl_clip
+    import comfy.text_encoders.sd2_clip as sd2_clip
+    from comfy.supported_models_base import ClipTarget
+
+    target = {"sdxl": ClipTarget(comfy.sdxl_clip.SDXLTokenizer, comfy.sdxl_clip.SDXLClipModel),
+              "sd2": ClipTarget(sd2_clip.SD2Tokenizer, sd2_clip.SD2ClipModel)}[kind]
+    clip = comfy.sd.CLIP(target=target, model_options={"dtype": torch.float16})
+    with pytest.raises(ValueError) as e:
+        encode(f2d_nodes, clip, reference_tokens, "a photo of f l")
+    assert type(e.value).__name__ == "IdentifierError"
+    msg = str(e.value)
+    assert "SD1.x" in msg and "load an sd1.x checkpoint" in msg.lower()
+    assert {"sdxl": "'g', 'l'", "sd2": "'h'"}[kind] in msg
 
 
 def test_load_encode_and_expression_nodes(f2d_nodes, host_base, reference, fixtures):
@@ -166,10 +218,11 @@ def test_load_encode_and_expression_nodes(f2d_nodes, host_base, reference, fixtu
     identity, crops = f2d_nodes.F2DEncodeIdentity.execute(model, photo.repeat(2, 1, 1, 1), "mediapipe", "largest", False).args
     assert crops.shape == (2, 112, 112, 3) and 0 <= crops.min() and crops.max() <= 1
     assert identity.features.shape == (2, 1536)
-    reference_encoder = IdentityEncoder.from_files(host_base / "models/face2diffusion/msid.pt",
-                                                   host_base / "models/face2diffusion/mapping.pt")
-    expected = reference_encoder.features((crops[:1] * 255).round().to(torch.uint8).numpy())
-    assert (identity.mean - expected).abs().max() <= ATOL
+    weights = host_base / "models/face2diffusion/msid.pt", host_base / "models/face2diffusion/mapping.pt"
+    crop = (crops[:1] * 255).round().to(torch.uint8).numpy()
+    # The node runs the library's policy for this device (bf16 attention/MLPs on CPUs with AVX512-BF16).
+    assert (identity.mean - IdentityEncoder.for_device(*weights, "cpu").features(crop)).abs().max() <= ATOL
+    assert (identity.mean - IdentityEncoder.from_files(*weights).features(crop)).abs().max() <= 0.05
 
     # Unconditional expression (the paper's inference) and an explicit one, on the fixture's identity.
     fixture_identity = Identity(reference["msid.features"], identity.faces)
@@ -248,23 +301,24 @@ def test_similarity_and_best_of_n_nodes(f2d_nodes, fixtures):
         f2d_nodes.F2DIdentitySimilarity.execute(model, batch, "mediapipe")
 
 
-def test_best_of_n_text_fidelity_term(f2d_nodes, fixtures):
+def test_best_of_n_text_fidelity_term(f2d_nodes, fixtures, clip32):
+    """The text term with the real CLIP-L (reference formula weights, through ComfyUI's CLIP API).
+    No formula CLIP vision tower exists, so the image side is made from the real text embedding:
+    the mirror's embedding is the text's, the photo's its opposite."""
     from PIL import Image
 
-    class StandInClipVision:  # ComfyUI's CLIP vision API: encode_image(images)["image_embeds"]
+    _, text_embed = clip32.encode_from_tokens(clip32.tokenize("a photo"), return_pooled=True)
+    assert text_embed.shape == (1, 768)
+
+    class ClipVisionOfKnownEmbeds:  # ComfyUI's CLIP vision API: encode_image(images)["image_embeds"]
+        def __init__(self, embeds):
+            self.embeds = embeds
+
         def encode_image(self, images):
-            return {"image_embeds": torch.tensor([[0.0, 1.0], [1.0, 0.0]])}
+            assert images.shape[0] == self.embeds.shape[0]
+            return {"image_embeds": self.embeds}
 
-    class StandInClip:  # and CLIP's tokenize / encode_from_tokens(return_pooled=True)
-        def __init__(self, width=2):
-            self.width = width
-
-        def tokenize(self, text):
-            return {"l": text}
-
-        def encode_from_tokens(self, tokens, return_pooled=False):
-            return None, torch.eye(self.width)[:1]
-
+    vision = ClipVisionOfKnownEmbeds(torch.cat([-text_embed, text_embed]))
     model = f2d_nodes.F2DLoadMSID.execute("msid.pt", "mapping.pt").args[0]
     astronaut = np.array(Image.open(fixtures / "astronaut.png").convert("RGB"))
     identity = f2d_nodes.F2DEncodeIdentity.execute(model, torch.from_numpy(astronaut).float()[None] / 255,
@@ -274,10 +328,46 @@ def test_best_of_n_text_fidelity_term(f2d_nodes, fixtures):
     assert torch.equal(plain[0][0], batch[0])  # by likeness: the photo itself
     # The mirror matches the text and the photo does not: with the text term the mirror wins.
     images, scores, report = f2d_nodes.F2DBestOfN.execute(model, batch, "mediapipe", 1, identity, None,
-                                                          StandInClipVision(), StandInClip(), "a photo").args
+                                                          vision, clip32, "a photo").args
     assert torch.equal(images[0], batch[1]) and "text 1.0000" in report
+    # Another text gives another embedding: the mirror no longer matches it perfectly.
+    _, other = f2d_nodes.F2DBestOfN.execute(model, batch, "mediapipe", 2, identity, None, vision, clip32,
+                                            "a red car at night").args[1:]
+    assert "text 1.0000" not in other
     with pytest.raises(ValueError, match="needs all three"):
-        f2d_nodes.F2DBestOfN.execute(model, batch, "mediapipe", 1, identity, None, StandInClipVision(), None, "")
+        f2d_nodes.F2DBestOfN.execute(model, batch, "mediapipe", 1, identity, None, vision, None, "")
     with pytest.raises(ValueError, match="same CLIP model"):
-        f2d_nodes.F2DBestOfN.execute(model, batch, "mediapipe", 1, identity, None, StandInClipVision(),
-                                     StandInClip(width=3), "a photo")
+        f2d_nodes.F2DBestOfN.execute(model, batch, "mediapipe", 1, identity, None,
+                                     ClipVisionOfKnownEmbeds(torch.eye(3)[:2]), clip32, "a photo")
+
+
+def test_loader_applies_the_library_precision_policy(f2d_nodes):
+    from f2d.precision import precision_for
+
+    encoder = f2d_nodes.F2DLoadMSID.execute("msid.pt", "mapping.pt").args[0].encoder
+    assert encoder.precision == precision_for("cpu")  # ComfyUI runs --cpu here
+    assert {p.dtype for p in encoder.mapping.parameters()} == {torch.float32}
+    assert {p.dtype for p in encoder.msid.norms.parameters()} == {torch.float32}
+
+
+def test_sampler_gives_what_the_host_ksampler_gives(f2d_nodes, host_base, reference_tokens):
+    """F2D Sampler = F2D Text Encode + ComfyUI's own KSampler, latent for latent."""
+    import comfy.sd
+    import nodes as host_nodes
+
+    from f2d_testkit import build_tiny_sd15_checkpoint
+
+    ckpt = build_tiny_sd15_checkpoint(host_base / "tiny_sd15.safetensors")
+    model, clip, _ = comfy.sd.load_checkpoint_guess_config(str(ckpt), output_vae=True, output_clipvision=False)[:3]
+    latent = {"samples": torch.zeros(1, 4, 8, 8)}
+    text = "a photo of f l smiling"
+    ours = f2d_nodes.F2DSampler.execute(model, clip, reference_tokens, text, "blurry", latent, 5, 2, 7.0,
+                                        "euler_ancestral", "normal", 1.0, "f l", 0.0, 1.0).args[0]
+    positive = encode(f2d_nodes, clip, reference_tokens, text)
+    negative = host_nodes.CLIPTextEncode().encode(clip, "blurry")[0]
+    host = host_nodes.KSampler().sample(model, 5, 2, 7.0, "euler_ancestral", "normal", positive, negative, latent)[0]
+    assert ours["samples"].shape == (1, 4, 8, 8)
+    assert torch.equal(ours["samples"], host["samples"])
+    other = f2d_nodes.F2DSampler.execute(model, clip, reference_tokens, text, "blurry", latent, 6, 2, 7.0,
+                                         "euler_ancestral", "normal", 1.0, "f l", 0.0, 1.0).args[0]
+    assert not torch.equal(ours["samples"], other["samples"])  # the seed reaches the host's noise

@@ -12,7 +12,8 @@ import torch
 
 from f2d_testkit import REPO, build_tiny_training_pipeline, synthetic_face_data
 
-pytestmark = pytest.mark.host
+# The objective's tests need torch only; the trainer's need diffusers (marked below), not ComfyUI.
+diffusers = pytest.mark.diffusers
 
 
 def test_loss_equals_a_hand_computation():
@@ -77,6 +78,7 @@ def make_trainer(config):
     return Trainer(config, pipeline=build_tiny_training_pipeline())
 
 
+@diffusers
 def test_frozen_models_get_no_gradient(config):
     t = make_trainer(config)
     result = t.loss(*t.batch(0, 0))
@@ -87,6 +89,7 @@ def test_frozen_models_get_no_gradient(config):
     assert all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads)
 
 
+@diffusers
 def test_training_lowers_the_loss(config):
     from f2d.train.trainer import evaluation_loss
 
@@ -102,6 +105,7 @@ def test_training_lowers_the_loss(config):
     assert after < 0.95 * before, (before, after)
 
 
+@diffusers
 def test_resume_reproduces_the_uninterrupted_run(config):
     straight = make_trainer(config)
     straight.fit()
@@ -118,6 +122,7 @@ def test_resume_reproduces_the_uninterrupted_run(config):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@diffusers
 def test_output_loads_strictly_in_the_official_layout(config, fixtures):
     from f2d.weights import load_mapping
 
@@ -130,6 +135,7 @@ def test_output_loads_strictly_in_the_official_layout(config, fixtures):
     assert [x["step"] for x in log] == list(range(1, 11)) and all(x["loss"] > 0 for x in log)
 
 
+@diffusers
 def test_train_command_with_checkpoints_and_resume(tmp_path, weight_files):
     pipe = build_tiny_training_pipeline()  # saved: the command loads it as a user's pipeline folder
     pipe.save_pretrained(str(tmp_path / "pipeline"))
@@ -178,3 +184,16 @@ def test_prepare_data_makes_a_manifest_from_photos(tmp_path, fixtures):
     s = ds[0]
     assert s.face.shape == (112, 112, 3) and not s.has_expression
     assert 0.05 < s.mask.mean() < 0.5  # the face, not the whole picture
+
+
+def test_prepare_data_passes_insightface_roots_to_the_detector(tmp_path, fixtures):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "astronaut.png").write_bytes((fixtures / "astronaut.png").read_bytes())
+    root = tmp_path / "my_insightface"
+    (root / "models").mkdir(parents=True)
+    r = subprocess.run([sys.executable, "-m", "f2d", "prepare-data", "--images", photos, "--out", tmp_path / "set",
+                        "--detector", "insightface", "--insightface-root", root],
+                       capture_output=True, text=True, cwd=REPO / "tests")
+    # No model pack there: the message names the folder the user gave, so it was searched.
+    assert r.returncode == 2 and str(root / "models") in r.stderr, r.stderr
