@@ -137,24 +137,35 @@ def _scaled_for_detection(image: np.ndarray, max_side: int) -> tuple[np.ndarray,
 
 
 class LandmarksDetector:
-    """Faces given as points from elsewhere: one (5, 2)/(68, 2) array per face, per image."""
+    """Faces given as points from elsewhere: one (5, 2)/(68, 2) array per face, per image, or
+    what :func:`f2d.points.parse_face_points` reads (OpenPose/DWPose keypoints, JSON)."""
 
     name = "landmarks"
+    why = "given points (no detection)"
 
-    def __init__(self, landmarks: Sequence[Sequence[np.ndarray]] | np.ndarray):
+    def __init__(self, landmarks):
+        from .points import GivenFaces, parse_face_points
+
         arr = landmarks
-        if isinstance(arr, np.ndarray) and arr.ndim == 2:
-            arr = [[arr]]  # one image, one face
-        elif isinstance(arr, np.ndarray) and arr.ndim == 3:
-            arr = [[a] for a in arr]  # one face per image
-        self.landmarks = [[as_five_points(p) for p in faces] for faces in arr]
+        if isinstance(arr, (str, dict)) or (isinstance(arr, list) and arr and isinstance(arr[0], dict)):
+            self.given = parse_face_points(arr)
+        elif isinstance(arr, list) and arr and isinstance(arr[0], GivenFaces):
+            self.given = arr
+        else:
+            if isinstance(arr, np.ndarray) and arr.ndim == 2:
+                arr = [[arr]]  # one image, one face
+            elif isinstance(arr, np.ndarray) and arr.ndim == 3:
+                arr = [[a] for a in arr]  # one face per image
+            self.given = [GivenFaces([as_five_points(p) for p in faces]) for faces in arr]
 
     def detect(self, image: np.ndarray, index: int = 0) -> list[Face]:
-        if index >= len(self.landmarks):
+        if index >= len(self.given):
             raise NoFaceError(
-                f"image {index}: no landmarks were given for it ({len(self.landmarks)} sets for the batch); "
+                f"image {index}: no points were given for it ({len(self.given)} sets for the batch); "
                 "give one set of points per image", index)
-        return [Face(box=_box_from_points(p), points=p) for p in self.landmarks[index]]
+        h, w = np.asarray(image).shape[:2]
+        points = [as_five_points(p) for p in self.given[index].in_pixels(w, h)]
+        return [Face(box=_box_from_points(p), points=p) for p in points]
 
 
 class MediaPipeDetector:
@@ -256,11 +267,6 @@ def _apply(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
     return points @ matrix[:2, :2].T + matrix[:2, 2]
 
 
-def _roll_degrees(points: np.ndarray) -> float:
-    d = points[1] - points[0]
-    return float(np.degrees(np.arctan2(d[1], d[0])))
-
-
 def eye_distance(points: np.ndarray) -> float:
     return float(np.linalg.norm(np.asarray(points)[1] - np.asarray(points)[0]))
 
@@ -286,6 +292,7 @@ class MTCNNDetector:
     CONFIRM = 0.9  # second-look score a face must reach
     MIN_FACE = 24.0  # smallest face box (px) the upright pass looks for
     MIN_FACE_TURNED = 40.0
+    UPRIGHT_MAX_SIDE = 2048
 
     def __init__(self, weights: str | os.PathLike | None = None):
         from .mtcnn import MTCNN, MTCNNWeightsError
@@ -296,33 +303,40 @@ class MTCNNDetector:
             raise DetectorUnavailable(str(e)) from None
 
     def _passes(self, image: np.ndarray, rolls) -> list[tuple[float, np.ndarray]]:
-        """(score, five points in ``image`` pixels) from the cascade on each turned copy."""
-        h, w = image.shape[:2]
+        """(score, five points in ``image`` pixels) from the cascade on each turned copy.
+
+        Upright: the photo at up to UPRIGHT_MAX_SIDE px, faces from MIN_FACE px (a 4000 px group
+        photo keeps faces with ~20 px eye distance). Turned: up to DETECT_MAX_SIDE px, faces from
+        MIN_FACE_TURNED px -- they are there for clearly visible rolled faces, and a turned copy
+        holds up to twice the pixels of the photo."""
         found = []
         for roll in rolls:
+            small, scale = _scaled_for_detection(image, DETECT_MAX_SIDE if roll else self.UPRIGHT_MAX_SIDE)
+            h, w = small.shape[:2]
             if roll:
                 m, size = _rotation((w, h), roll)
-                turned = _affine_sample(image, m, size)
+                turned = _affine_sample(small, m, size)
             else:
-                m, turned = np.eye(3), image
-            # Upright, faces down to ~14 px eye distance; the turned passes are there for
-            # clearly visible rolled faces (>= ~18 px) and cost ~3x the pixels of the photo.
+                m, turned = np.eye(3), small
             _, scores, points = self.net.detect(turned, min_size=self.MIN_FACE_TURNED if roll else self.MIN_FACE)
             inv = np.linalg.inv(m)
-            found += [(float(s), _apply(inv, p)) for s, p in zip(scores, points)]
+            found += [(float(s), _apply(inv, p) / scale) for s, p in zip(scores, points)]
         return found
 
     @staticmethod
-    def _merge(found: list[tuple[float, np.ndarray]]) -> list[tuple[float, np.ndarray]]:
-        """One entry per face: detections whose eye midpoints lie within half an eye distance
-        are the same face; the best-scoring one stands for it."""
-        kept: list[tuple[float, np.ndarray]] = []
+    def _groups(found: list[tuple[float, np.ndarray]]) -> list[list[tuple[float, np.ndarray]]]:
+        """Detections of the same face (eye midpoints within half an eye distance), best first."""
+        groups: list[list[tuple[float, np.ndarray]]] = []
         for score, pts in sorted(found, key=lambda f: -f[0]):
             mid = pts[:2].mean(0)
-            if all(np.linalg.norm(mid - k[:2].mean(0)) > 0.5 * max(eye_distance(k), eye_distance(pts))
-                   for _, k in kept):
-                kept.append((score, pts))
-        return kept
+            for g in groups:
+                k = g[0][1]
+                if np.linalg.norm(mid - k[:2].mean(0)) <= 0.5 * max(eye_distance(k), eye_distance(pts)):
+                    g.append((score, pts))
+                    break
+            else:
+                groups.append([(score, pts)])
+        return groups
 
     def _second_look(self, image: np.ndarray, points: np.ndarray):
         """Re-detect the face at ``points`` upright and centred: (score, points, box) in
@@ -357,23 +371,29 @@ class MTCNNDetector:
 
     def detect(self, image: np.ndarray, index: int = 0) -> list[Face]:
         image = to_uint8_rgb(image)
-        small, scale = _scaled_for_detection(image, DETECT_MAX_SIDE)
-        found = self._merge(self._passes(small, self.ROLLS))
-        if not found:
+        groups = self._groups(self._passes(image, self.ROLLS))
+        if not groups:
+            small, scale = _scaled_for_detection(image, DETECT_MAX_SIDE)
             h, w = small.shape[:2]
             pad = max(h, w) // 3
             m = np.array([[1.0, 0, pad], [0, 1, pad], [0, 0, 1]])
             framed = _affine_sample(small, m, (w + 2 * pad, h + 2 * pad))
-            found = [(s, p - pad) for s, p in self._merge(self._passes(framed, (0.0,)))]
-        faces = []
-        for score, pts in found:
-            look = self._second_look(image, pts / scale)
-            if look is None or look[0] < self.CONFIRM:
-                log.info("image %d: a face candidate at %s was not confirmed; ignored", index, pts[2].round())
-                continue
-            score2, refined, box = look
-            faces.append(Face(box=box, points=refined, score=max(score, score2)))
-        return faces
+            groups = [[(s, (p - pad) / scale) for s, p in g] for g in self._groups(self._passes(framed, (0.0,)))]
+        confirmed = []
+        for group in groups:
+            # The best-scoring pass can still place the points badly on a rolled face (the
+            # upright pass sees a 35 degree face as a face, its eyes nearly level); the second
+            # look then frames it wrongly and fails, and the next pass's points are tried.
+            for score, pts in group:
+                look = self._second_look(image, pts)
+                if look is not None and look[0] >= self.CONFIRM:
+                    confirmed.append((max(score, look[0]), look[1], look[2]))
+                    break
+            else:
+                log.info("image %d: a face candidate at %s was not confirmed; ignored", index, group[0][1][2].round())
+        # Two candidates can settle on the same face in their second looks.
+        kept = [g[0][1] for g in self._groups([(s, p) for s, p, _ in confirmed])]
+        return [Face(box=b, points=p, score=s) for s, p, b in confirmed if any(p is k for k in kept)]
 
 
 @dataclass(frozen=True)

@@ -99,6 +99,10 @@ def group_photos() -> list[Photo]:
         group("small group", (800, 420), [
             (140, 210, 24, -35, 1.0, False), (400, 200, 35, 25, 0.8, True), (660, 210, 28, -5, 1.0, False)],
             bg="hubble_deep_field"),
+        # A phone photo's size: detected downscaled, yet 28 px eye distances must survive.
+        group("large photo", (3200, 1800), [
+            (500, 900, 28, 0, 1.0, False), (1300, 850, 32, -20, 1.0, True), (2100, 950, 36, 15, 0.85, False),
+            (2800, 900, 40, 30, 1.0, True)], bg="coffee"),
     ]
 
 

@@ -175,6 +175,38 @@ def test_given_landmarks_from_another_pack(astronaut, reference, official_crop):
         LandmarksDetector(np.zeros((7, 2)))
 
 
+def test_points_from_other_packs_openpose_json_and_plain(astronaut, reference, official_crop):
+    """What users can connect: DWPose/OpenPose keypoints (comfyui_controlnet_aux POSE_KEYPOINT:
+    flat x, y, confidence triples, 70 face points with the pupils, on a canvas of another size)
+    and plain JSON points."""
+    import json
+
+    from f2d.points import PointsError
+
+    sixty_eight = reference["align.landmarks68"].numpy().astype(float)
+    on_canvas = np.vstack([sixty_eight, sixty_eight[[37, 43]]]) * 2.0  # keypoints on a 1024 px canvas
+    flat = np.column_stack([on_canvas, np.ones(70)]).ravel().tolist()
+    pose = [{"people": [{"pose_keypoints_2d": [], "face_keypoints_2d": flat}], "canvas_width": 1024, "canvas_height": 1024}]
+    from_pose = detect_and_align([astronaut], LandmarksDetector(pose))
+    assert np.abs(from_pose.crops[0].astype(int) - official_crop).max() <= 1
+    assert from_pose.detector == "given points (no detection)"
+    normalised = [{"people": [{"face_keypoints_2d": (np.column_stack([sixty_eight / 512, np.ones(68)])).tolist()}]}]
+    assert np.abs(detect_and_align([astronaut], LandmarksDetector(normalised)).crops[0].astype(int)
+                  - official_crop).max() <= 1
+    five = reference["align.landmarks5"].numpy().tolist()
+    two_photos = detect_and_align([astronaut, astronaut], LandmarksDetector(json.dumps([five, five])))
+    assert np.abs(two_photos.crops[1].astype(int) - official_crop).max() <= 1
+    with pytest.raises(NoFaceError, match="image 1: no points were given for it"):
+        detect_and_align([astronaut, astronaut], LandmarksDetector(json.dumps(five)))
+    with pytest.raises(PointsError, match="not valid JSON"):
+        LandmarksDetector("[[1, 2], [3")
+    with pytest.raises(PointsError, match="7 points|5 points"):
+        LandmarksDetector(json.dumps([[1, 2]] * 7))
+    # A person whose face the pose detector did not see (all zeros): that photo has no face.
+    with pytest.raises(NoFaceError, match="image 0: no face found"):
+        detect_and_align([astronaut], LandmarksDetector([{"people": [{"face_keypoints_2d": [0] * 210}]}]))
+
+
 def test_unknown_backend_and_auto(tmp_path):
     with pytest.raises(ValueError, match="unknown face detector 'dlib'"):
         get_detector("dlib")
@@ -335,12 +367,18 @@ def test_install_route_keeps_numpy_2(tmp_path, fixtures, reference):
 
 
 def python313() -> str | None:
-    found = shutil.which("python3.13")
-    if found:
-        return found
-    r = subprocess.run(["pyenv", "which", "python3.13"], capture_output=True, text=True,
-                       env={**os.environ, "PYENV_VERSION": "3.13.0"}) if shutil.which("pyenv") else None
-    return r.stdout.strip() if r is not None and r.returncode == 0 else None
+    """A working Python 3.13: pyenv's 3.13.0 (a pyenv shim alone does not run) or python3.13."""
+    candidates = []
+    if shutil.which("pyenv"):
+        r = subprocess.run(["pyenv", "which", "python3.13"], capture_output=True, text=True,
+                           env={**os.environ, "PYENV_VERSION": "3.13.0"})
+        candidates += [r.stdout.strip()] if r.returncode == 0 else []
+    candidates += [shutil.which("python3.13")] if shutil.which("python3.13") else []
+    for c in candidates:
+        r = subprocess.run([c, "-c", "import sys; print(sys.version_info[:2] == (3, 13))"], capture_output=True, text=True)
+        if r.returncode == 0 and r.stdout.strip() == "True":
+            return c
+    return None
 
 
 @pytest.mark.host
