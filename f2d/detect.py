@@ -293,6 +293,7 @@ class MTCNNDetector:
     MIN_FACE = 24.0  # smallest face box (px) the upright pass looks for
     MIN_FACE_TURNED = 40.0
     UPRIGHT_MAX_SIDE = 2048
+    CLOSE_UP_SIDE = 256
 
     def __init__(self, weights: str | os.PathLike | None = None):
         from .mtcnn import MTCNN, MTCNNWeightsError
@@ -373,7 +374,9 @@ class MTCNNDetector:
         image = to_uint8_rgb(image)
         groups = self._groups(self._passes(image, self.ROLLS))
         if not groups:
-            small, scale = _scaled_for_detection(image, DETECT_MAX_SIDE)
+            # A face that fills the frame is large at any size: retry small, so the retry costs
+            # little on the photos that truly hold no face.
+            small, scale = _scaled_for_detection(image, self.CLOSE_UP_SIDE)
             h, w = small.shape[:2]
             pad = max(h, w) // 3
             m = np.array([[1.0, 0, pad], [0, 1, pad], [0, 0, 1]])

@@ -385,7 +385,8 @@ def python313() -> str | None:
 def test_python_3_13_fresh_install_detects_with_no_download_at_run_time(tmp_path, fixtures, reference):
     """Python 3.13 (ComfyUI's Windows portable today), as the README tells users: a ComfyUI
     environment (torch, here the CI's 2.14.1) -> pip install -r requirements.txt -> python
-    install.py -> auto finds the face. The venv is kept in .venv-py313 (torch is the slow part)."""
+    install.py -> auto finds the face; a newer mediapipe another pack installed is never
+    replaced. The venv is kept in .venv-py313: torch is the slow part (~2 min the first time)."""
     base = python313()
     if base is None:
         pytest.skip("no Python 3.13 interpreter (python3.13 on PATH or pyenv 3.13.0)")
@@ -404,3 +405,9 @@ def test_python_3_13_fresh_install_detects_with_no_download_at_run_time(tmp_path
     assert out.strip().splitlines()[-1] == "face detector: mtcnn (auto: no insightface model pack)"
     assert versions(py, "numpy", "torch", "pillow", "mediapipe") == before
     assert_auto_finds_the_astronaut(py, pack, fixtures, reference)
+    # Another pack brought mediapipe 1.x (3.13 wheels, no face models): install.py leaves it.
+    run([py, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-deps", "mediapipe==1.2.3"])
+    out = run([py, pack / "install.py", "--mediapipe"]).stdout
+    assert "mediapipe 1.2.3 is installed and has no usable face detector" in out and "left as it is" in out, out
+    assert versions(py, "mediapipe")["mediapipe"] == "1.2.3"
+    assert run([py, pack / "install.py", "--check"]).stdout.strip() == "face detector: mtcnn (auto: no insightface model pack)"
