@@ -23,9 +23,8 @@ import pytest
 from PIL import Image
 from skimage import data
 
-from f2d.align import AlignmentError, align_to_arcface_template
+from f2d.align import AlignmentError
 from f2d.detect import (
-    DetectorUnavailable,
     LandmarksDetector,
     NoFaceError,
     detect_and_align,
