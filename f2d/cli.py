@@ -13,6 +13,7 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
+from .detect import BACKENDS
 from .files import load_photo
 from .precision import PRECISIONS
 from .tokens import DEFAULT_IDENTIFIER
@@ -136,7 +137,7 @@ def _person_args(p: argparse.ArgumentParser) -> None:
                    help="a photo of the person (repeat for several: their identities are averaged)")
     p.add_argument("--msid", help="MSID encoder weights (msid.pt or .safetensors)")
     p.add_argument("--mapping", help="mapping network weights (mapping.pt or .safetensors)")
-    p.add_argument("--detector", default="auto", choices=["auto", "mediapipe", "insightface"])
+    p.add_argument("--detector", default="auto", choices=BACKENDS)
     p.add_argument("--insightface-root", action="append", default=[], metavar="DIR",
                    help="folder holding models/<pack>/*.onnx (antelopev2 or buffalo_l)")
     p.add_argument("--face", default="largest", help="'largest' or the n-th face from the left (0 = leftmost)")
@@ -195,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--images", required=True)
     d.add_argument("--out", required=True)
     d.add_argument("--prompt", default=f"a photo of {DEFAULT_IDENTIFIER}")
-    d.add_argument("--detector", default="auto", choices=["auto", "mediapipe", "insightface"])
+    d.add_argument("--detector", default="auto", choices=BACKENDS)
     d.add_argument("--insightface-root", action="append", default=[], metavar="DIR",
                    help="folder holding models/<pack>/*.onnx (antelopev2 or buffalo_l)")
     d.set_defaults(func=_cmd_prepare)

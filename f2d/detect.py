@@ -1,12 +1,18 @@
 """Face detection backends that yield the five alignment points.
 
-- ``mediapipe``: needs no download -- mediapipe 0.10.21 ships its face models in the wheel. The
-  full-range detector finds faces; face mesh then runs on a padded crop around each one (mesh
-  on the whole frame misses faces that are small in it) and gives the five points.
+- ``mtcnn``: MTCNN in plain torch (:mod:`f2d.mtcnn`), weights (2 MB, MIT) copied by install.py
+  out of the facenet-pytorch wheel. Runs wherever ComfyUI's torch runs -- every Python,
+  Windows, macOS, Linux -- with nothing downloaded at run time. Upright and turned passes, a
+  confirming second look per face and a padded retry for close-ups (see MTCNNDetector).
+- ``mediapipe``: needs no download -- mediapipe 0.10.21 ships its face models in the wheel (not
+  for Python 3.13). The full-range detector finds faces; face mesh then runs on a padded crop
+  around each one (mesh on the whole frame misses faces that are small in it) and gives the
+  five points.
 - ``insightface``: the ecosystem standard, when the user has a model pack (antelopev2, buffalo_l)
   in ``models/insightface/models/<pack>/``. insightface ships no weights.
-- ``landmarks``: five (or 68) points from elsewhere, e.g. another node pack.
-- ``auto``: insightface when its models are present, else mediapipe.
+- ``landmarks``: five (or 68) points given from elsewhere (F2D Encode Identity's ``points`` input).
+- ``auto``: insightface when its models are present, else mtcnn, else mediapipe; the result
+  says which one was used and why.
 
 Every backend returns :class:`Face` objects in full-resolution image pixels; alignment is done
 by :mod:`f2d.align` from the full image whatever size the detector saw.
@@ -25,7 +31,7 @@ from .align import CROP_SIZE, align_to_arcface_template, as_five_points, to_uint
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "mediapipe", "insightface")
+BACKENDS = ("auto", "mtcnn", "mediapipe", "insightface")
 INSIGHTFACE_PACKS = ("antelopev2", "buffalo_l")
 
 # Face-mesh indices of the five points (checked against the mesh topology and, on the
@@ -38,6 +44,9 @@ MESH_EYE_IMAGE_RIGHT = (362, 385, 387, 263, 373, 380)
 MESH_NOSE_TIP = 4
 MESH_MOUTH_CORNERS = (61, 291)
 
+# Below this eye distance (px in the photo) the 112 px crop is mostly upsampled blur: the
+# identity still encodes, but the result says it will be poor.
+TINY_EYE_DISTANCE = 20.0
 DETECT_MAX_SIDE = 1024  # detection input; alignment always samples the full image
 MESH_CROP = 256  # side of the square crop that face mesh sees
 MESH_PAD = 0.6  # crop = detection box grown by this fraction on every side
@@ -73,6 +82,10 @@ class Face:
     def centre_x(self) -> float:
         return float(self.box[0] + self.box[2]) / 2
 
+    @property
+    def eye_distance(self) -> float:
+        return float(np.linalg.norm(self.points[1] - self.points[0]))
+
 
 @dataclass
 class AlignedFaces:
@@ -84,16 +97,26 @@ class AlignedFaces:
     faces: list[list[Face]] = field(default_factory=list)  # every face found, per input image, left to right
     skipped: list[int] = field(default_factory=list)  # faceless images skipped
     matrices: list[np.ndarray] = field(default_factory=list)  # image -> crop similarity per crop
+    detector: str = ""  # which detector found the faces (and why auto chose it)
+
+    def tiny(self) -> list[int]:
+        """Input images whose chosen face is too small for a good identity."""
+        return [i for i, f in zip(self.image_indices, self.chosen) if f.eye_distance < TINY_EYE_DISTANCE]
 
     def describe(self) -> list[str]:
-        """One line per input image: which face was used, or that it was skipped."""
+        """One line per input image: which face was used, or that it was skipped; then the
+        detector. A face too small for a good identity says so on its line."""
         lines = {i: f"photo {i}: no face, skipped" for i in self.skipped}
         for i, face in zip(self.image_indices, self.chosen):
             found = self.faces[i]
             k = next(j for j, f in enumerate(found) if f is face)
             where = "the only face" if len(found) == 1 else f"face {k} of {len(found)} from the left"
             lines[i] = f"photo {i}: {where} (score {face.score:.2f})"
-        return [lines[i] for i in sorted(lines)]
+            if face.eye_distance < TINY_EYE_DISTANCE:
+                lines[i] += (f" -- TINY FACE: eyes {face.eye_distance:.0f} px apart (under {TINY_EYE_DISTANCE:.0f}), "
+                             "the identity will be poor; use a photo where the face is larger")
+        out = [lines[i] for i in sorted(lines)]
+        return out + ([f"detector: {self.detector}"] if self.detector else [])
 
 
 def _box_from_points(points: np.ndarray) -> np.ndarray:
@@ -114,24 +137,35 @@ def _scaled_for_detection(image: np.ndarray, max_side: int) -> tuple[np.ndarray,
 
 
 class LandmarksDetector:
-    """Faces given as points from elsewhere: one (5, 2)/(68, 2) array per face, per image."""
+    """Faces given as points from elsewhere: one (5, 2)/(68, 2) array per face, per image, or
+    what :func:`f2d.points.parse_face_points` reads (OpenPose/DWPose keypoints, JSON)."""
 
     name = "landmarks"
+    why = "given points (no detection)"
 
-    def __init__(self, landmarks: Sequence[Sequence[np.ndarray]] | np.ndarray):
+    def __init__(self, landmarks):
+        from .points import GivenFaces, parse_face_points
+
         arr = landmarks
-        if isinstance(arr, np.ndarray) and arr.ndim == 2:
-            arr = [[arr]]  # one image, one face
-        elif isinstance(arr, np.ndarray) and arr.ndim == 3:
-            arr = [[a] for a in arr]  # one face per image
-        self.landmarks = [[as_five_points(p) for p in faces] for faces in arr]
+        if isinstance(arr, (str, dict)) or (isinstance(arr, list) and arr and isinstance(arr[0], dict)):
+            self.given = parse_face_points(arr)
+        elif isinstance(arr, list) and arr and isinstance(arr[0], GivenFaces):
+            self.given = arr
+        else:
+            if isinstance(arr, np.ndarray) and arr.ndim == 2:
+                arr = [[arr]]  # one image, one face
+            elif isinstance(arr, np.ndarray) and arr.ndim == 3:
+                arr = [[a] for a in arr]  # one face per image
+            self.given = [GivenFaces([as_five_points(p) for p in faces]) for faces in arr]
 
     def detect(self, image: np.ndarray, index: int = 0) -> list[Face]:
-        if index >= len(self.landmarks):
+        if index >= len(self.given):
             raise NoFaceError(
-                f"image {index}: no landmarks were given for it ({len(self.landmarks)} sets for the batch); "
+                f"image {index}: no points were given for it ({len(self.given)} sets for the batch); "
                 "give one set of points per image", index)
-        return [Face(box=_box_from_points(p), points=p) for p in self.landmarks[index]]
+        h, w = np.asarray(image).shape[:2]
+        points = [as_five_points(p) for p in self.given[index].in_pixels(w, h)]
+        return [Face(box=_box_from_points(p), points=p) for p in points]
 
 
 class MediaPipeDetector:
@@ -208,14 +242,198 @@ class MediaPipeDetector:
         return faces
 
 
-def find_insightface_pack(roots: Sequence[str | os.PathLike], pack: str | None = None) -> tuple[Path, str] | None:
-    """(root, pack) for the first pack with a detection model, or None."""
+
+def _affine_sample(image: np.ndarray, matrix: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``image`` mapped by the 2x3/3x3 forward ``matrix`` into a (w, h) canvas, bilinear, black outside."""
+    from PIL import Image
+
+    inv = np.linalg.inv(np.vstack([np.asarray(matrix, np.float64)[:2], [0, 0, 1]]))
+    return np.asarray(Image.fromarray(image).transform(size, Image.AFFINE, tuple(inv[:2].ravel()), Image.BILINEAR))
+
+
+def _rotation(image_wh: tuple[int, int], degrees: float) -> tuple[np.ndarray, tuple[int, int]]:
+    """Forward matrix turning an image by ``degrees`` (counter-clockwise on screen) about its
+    centre onto a canvas that holds all of it, and the canvas size."""
+    w, h = image_wh
+    a = np.radians(degrees)
+    c, s = np.cos(a), np.sin(a)
+    cw, ch = int(np.ceil(abs(w * c) + abs(h * s))), int(np.ceil(abs(w * s) + abs(h * c)))
+    rot = np.array([[c, s], [-s, c]])
+    t = np.array([cw / 2, ch / 2]) - rot @ np.array([w / 2, h / 2])
+    return np.vstack([np.column_stack([rot, t]), [0, 0, 1]]), (cw, ch)
+
+
+def _apply(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
+    return points @ matrix[:2, :2].T + matrix[:2, 2]
+
+
+def eye_distance(points: np.ndarray) -> float:
+    return float(np.linalg.norm(np.asarray(points)[1] - np.asarray(points)[0]))
+
+
+class MTCNNDetector:
+    """MTCNN in plain torch (:mod:`f2d.mtcnn`), made to find every visible face:
+
+    1. the cascade runs on the photo upright and turned by +-30 degrees, so faces rolled up to
+       ~60 degrees are found (one upright pass catches ~20);
+    2. detections of the same face from several passes are merged;
+    3. each face gets a second look: the photo is sampled so that face stands upright at a
+       fixed size in the middle of a small canvas, and the cascade runs again there. That look
+       places the five points (MTCNN's points are best on upright, well-framed faces) and must
+       confirm the face, which removes the rare false face a turned pass produces;
+    4. a photo with no face is padded and tried again: a face that fills the frame (a tight
+       112 px crop) has no margin for the 12 px proposal windows to fit around it.
+    """
+
+    name = "mtcnn"
+    ROLLS = (0.0, 30.0, -30.0)
+    CANVAS = 224  # side of the second-look canvas
+    CANVAS_EYES = 48.0  # eye distance there, px: the face spans ~150 px, O-Net sees it at 48
+    CONFIRM = 0.9  # second-look score a face must reach
+    MIN_FACE = 24.0  # smallest face box (px) the upright pass looks for
+    MIN_FACE_TURNED = 40.0
+    UPRIGHT_MAX_SIDE = 2048
+    CLOSE_UP_SIDE = 256
+
+    def __init__(self, weights: str | os.PathLike | None = None):
+        from .mtcnn import MTCNN, MTCNNWeightsError
+
+        try:
+            self.net = MTCNN.from_available_weights(Path(weights) if weights else None)
+        except (MTCNNWeightsError, OSError) as e:
+            raise DetectorUnavailable(str(e)) from None
+
+    def _passes(self, image: np.ndarray, rolls) -> list[tuple[float, np.ndarray]]:
+        """(score, five points in ``image`` pixels) from the cascade on each turned copy.
+
+        Upright: the photo at up to UPRIGHT_MAX_SIDE px, faces from MIN_FACE px (a 4000 px group
+        photo keeps faces with ~20 px eye distance). Turned: up to DETECT_MAX_SIDE px, faces from
+        MIN_FACE_TURNED px -- they are there for clearly visible rolled faces, and a turned copy
+        holds up to twice the pixels of the photo."""
+        found = []
+        for roll in rolls:
+            small, scale = _scaled_for_detection(image, DETECT_MAX_SIDE if roll else self.UPRIGHT_MAX_SIDE)
+            h, w = small.shape[:2]
+            if roll:
+                m, size = _rotation((w, h), roll)
+                turned = _affine_sample(small, m, size)
+            else:
+                m, turned = np.eye(3), small
+            _, scores, points = self.net.detect(turned, min_size=self.MIN_FACE_TURNED if roll else self.MIN_FACE)
+            inv = np.linalg.inv(m)
+            found += [(float(s), _apply(inv, p) / scale) for s, p in zip(scores, points)]
+        return found
+
+    @staticmethod
+    def _groups(found: list[tuple[float, np.ndarray]]) -> list[list[tuple[float, np.ndarray]]]:
+        """Detections of the same face (eye midpoints within half an eye distance), best first."""
+        groups: list[list[tuple[float, np.ndarray]]] = []
+        for score, pts in sorted(found, key=lambda f: -f[0]):
+            mid = pts[:2].mean(0)
+            for g in groups:
+                k = g[0][1]
+                if np.linalg.norm(mid - k[:2].mean(0)) <= 0.5 * max(eye_distance(k), eye_distance(pts)):
+                    g.append((score, pts))
+                    break
+            else:
+                groups.append([(score, pts)])
+        return groups
+
+    def _second_look(self, image: np.ndarray, points: np.ndarray):
+        """Re-detect the face at ``points`` upright and centred: (score, points, box) in
+        ``image`` pixels, or None."""
+        from .align import ARCFACE_TEMPLATE, similarity_transform
+
+        tpl = ARCFACE_TEMPLATE - ARCFACE_TEMPLATE.mean(0)
+        tpl = tpl * self.CANVAS_EYES / np.linalg.norm(tpl[1] - tpl[0]) + self.CANVAS / 2
+        m = similarity_transform(points, tpl)
+        src, m_src = image, m
+        shrink = 1.0 / np.sqrt(abs(np.linalg.det(m[:2, :2])))  # image px per canvas px
+        if shrink > 2:  # big face: sample from a reduced copy, as bilinear sampling would alias
+            from PIL import Image
+
+            f = int(shrink // 1.5)
+            src = np.asarray(Image.fromarray(image).reduce(f))
+            m_src = m @ np.diag([f, f, 1.0])
+        canvas = _affine_sample(src, m_src, (self.CANVAS, self.CANVAS))
+        boxes, scores, pts = self.net.detect(canvas, min_size=self.CANVAS_EYES * 1.5)
+        if not len(scores):
+            return None
+        i = int(np.argmin([np.linalg.norm(p[:2].mean(0) - tpl[:2].mean(0)) for p in pts]))
+        if np.linalg.norm(pts[i][:2].mean(0) - tpl[:2].mean(0)) > 0.5 * self.CANVAS_EYES:
+            return None
+        # Points from O-Net run on its own final box (the cascade places them on the box it had
+        # before the last regression).
+        refined = self.net.points_in_box(canvas, boxes[i])
+        inv = np.linalg.inv(m)
+        x0, y0, x1, y1 = boxes[i]
+        corners = _apply(inv, np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]]))
+        return float(scores[i]), _apply(inv, refined), np.concatenate([corners.min(0), corners.max(0)])
+
+    def detect(self, image: np.ndarray, index: int = 0) -> list[Face]:
+        import torch
+
+        # The cascade's convolutions are tiny (3-64 channels): extra threads gain little and,
+        # when the cores are busy, their wake-ups cost 10-25x (measured on 2 shared cores:
+        # 5.5 s with 2 threads, 0.2 s with 1, per 600x400 photo). The host's setting is restored.
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return self._detect(to_uint8_rgb(image), index)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _detect(self, image: np.ndarray, index: int) -> list[Face]:
+        groups = self._groups(self._passes(image, self.ROLLS))
+        if not groups:
+            # A face that fills the frame is large at any size: retry small, so the retry costs
+            # little on the photos that truly hold no face.
+            small, scale = _scaled_for_detection(image, self.CLOSE_UP_SIDE)
+            h, w = small.shape[:2]
+            pad = max(h, w) // 3
+            m = np.array([[1.0, 0, pad], [0, 1, pad], [0, 0, 1]])
+            framed = _affine_sample(small, m, (w + 2 * pad, h + 2 * pad))
+            groups = [[(s, (p - pad) / scale) for s, p in g] for g in self._groups(self._passes(framed, (0.0,)))]
+        confirmed = []
+        for group in groups:
+            # The best-scoring pass can still place the points badly on a rolled face (the
+            # upright pass sees a 35 degree face as a face, its eyes nearly level); the second
+            # look then frames it wrongly and fails, and the next pass's points are tried.
+            for score, pts in group:
+                look = self._second_look(image, pts)
+                if look is not None and look[0] >= self.CONFIRM:
+                    confirmed.append((max(score, look[0]), look[1], look[2]))
+                    break
+            else:
+                log.info("image %d: a face candidate at %s was not confirmed; ignored", index, group[0][1][2].round())
+        # Two candidates can settle on the same face in their second looks.
+        kept = [g[0][1] for g in self._groups([(s, p) for s, p, _ in confirmed])]
+        return [Face(box=b, points=p, score=s) for s, p, b in confirmed if any(p is k for k in kept)]
+
+
+@dataclass(frozen=True)
+class InsightFacePack:
+    root: Path  # the insightface root (holds models/)
+    name: str  # antelopev2, buffalo_l
+    folder: Path  # the folder holding the .onnx files
+    nested: bool = False  # found one level down (models/antelopev2/antelopev2/), as some zips unpack
+
+    def describe(self) -> str:
+        where = f"{self.name} in {self.folder}"
+        return where + (" (nested one folder deeper than usual; it works, moving the .onnx files up one "
+                        "level is the usual layout)" if self.nested else "")
+
+
+def find_insightface_pack(roots: Sequence[str | os.PathLike], pack: str | None = None) -> InsightFacePack | None:
+    """The first pack with a detection model under ``<root>/models/<pack>/``, also one folder
+    deeper (``<pack>/<pack>/``, what unzipping into a same-named folder gives), or None."""
     packs = [pack] if pack else list(INSIGHTFACE_PACKS)
     for root in map(Path, roots):
         for name in packs:
             folder = root / "models" / name
-            if any(_is_detection_model(f) for f in folder.glob("*.onnx")):
-                return root, name
+            for candidate, nested in ((folder, False), (folder / name, True)):
+                if candidate.is_dir() and any(_is_detection_model(f) for f in candidate.glob("*.onnx")):
+                    return InsightFacePack(root, name, candidate, nested)
     return None
 
 
@@ -234,7 +452,16 @@ def insightface_setup_help(roots: Sequence[str | os.PathLike]) -> str:
 
 
 class InsightFaceDetector:
+    """insightface's FaceAnalysis (0.7.3 and 2.x) with the detection model only.
+
+    The pack folder is passed as an absolute path: 2.x takes a folder as ``name`` directly and
+    0.7.3 joins it onto its root (an absolute path wins the join), so both load from exactly
+    the folder found here, nested or not, and neither tries to download."""
+
     name = "insightface"
+    # A face that fills the photo is larger than the detector's 640 px window sees whole;
+    # a second try on the photo centred in a canvas this many times larger shrinks it.
+    CLOSE_UP_CANVAS = 2.0
 
     def __init__(self, roots: Sequence[str | os.PathLike], pack: str | None = None,
                  providers: Sequence[str] = ("CPUExecutionProvider",), det_size: int = 640, app=None):
@@ -243,56 +470,96 @@ class InsightFaceDetector:
             wanted = f"the '{pack}' pack" if pack else "a model pack"
             raise DetectorUnavailable(f"insightface: {wanted} with a detection model was not found. "
                                       + insightface_setup_help(roots))
-        self.root, self.pack = found
+        self.found = found
+        self.root, self.pack = found.root, found.name
+        if found.nested:
+            log.warning("insightface models found in a nested folder: %s", found.describe())
         if app is None:
             try:
                 from insightface.app import FaceAnalysis
             except ImportError as e:
                 raise DetectorUnavailable(
-                    f"insightface models are in {self.root / 'models' / self.pack}, but insightface cannot be "
+                    f"insightface models are in {found.folder}, but insightface cannot be "
                     f"imported ({e}). Install it: pip install insightface onnxruntime"
                 ) from None
-            app = FaceAnalysis(name=self.pack, root=str(self.root), providers=list(providers),
+            app = FaceAnalysis(name=str(found.folder.resolve()), root=str(found.root), providers=list(providers),
                                allowed_modules=["detection"])
             app.prepare(ctx_id=0, det_size=(det_size, det_size))
         self.app = app
 
-    def detect(self, image: np.ndarray, index: int = 0) -> list[Face]:
-        found = self.app.get(np.ascontiguousarray(to_uint8_rgb(image)[..., ::-1]))  # insightface reads BGR
+    def _faces(self, bgr: np.ndarray) -> list[Face]:
         return [Face(box=np.asarray(f.bbox, dtype=np.float64)[:4], points=np.asarray(f.kps, dtype=np.float64),
-                     score=float(f.det_score)) for f in found]
+                     score=float(f.det_score)) for f in self.app.get(np.ascontiguousarray(bgr))]
+
+    def detect(self, image: np.ndarray, index: int = 0) -> list[Face]:
+        bgr = to_uint8_rgb(image)[..., ::-1]  # insightface reads BGR
+        faces = self._faces(bgr)
+        if faces:
+            return faces
+        h, w = bgr.shape[:2]
+        pad_y, pad_x = int(h * (self.CLOSE_UP_CANVAS - 1) / 2), int(w * (self.CLOSE_UP_CANVAS - 1) / 2)
+        canvas = np.zeros((h + 2 * pad_y, w + 2 * pad_x, 3), np.uint8)
+        canvas[pad_y:pad_y + h, pad_x:pad_x + w] = bgr
+        faces = self._faces(canvas)
+        for f in faces:
+            f.box = f.box - [pad_x, pad_y, pad_x, pad_y]
+            f.points = f.points - [pad_x, pad_y]
+        if faces:
+            log.info("image %d: insightface found the face on the close-up retry", index)
+        return faces
 
 
 def how_to_get_a_detector(insightface_roots: Sequence[str | os.PathLike] = ()) -> str:
     return (
-        "Two ways to get a face detector: (1) mediapipe, no download needed: run "
-        "`python install.py` in the Face2Diffusion pack folder with ComfyUI's Python (it installs "
-        "mediapipe 0.10.21 and keeps your numpy); (2) " + insightface_setup_help(insightface_roots)
+        "Ways to get a face detector: (1) MTCNN, no download at run time, every Python and platform: run "
+        "`python install.py` in the Face2Diffusion pack folder with ComfyUI's Python (it copies 2 MB of "
+        "weights out of the facenet-pytorch wheel and changes no installed package); (2) on Python 3.9-3.12, "
+        "mediapipe 0.10.21 (the same `python install.py` installs it, keeping your numpy); (3) "
+        + insightface_setup_help(insightface_roots)
     )
 
 
 def get_detector(backend: str = "auto", insightface_roots: Sequence[str | os.PathLike] = (),
                  insightface_pack: str | None = None, insightface_providers: Sequence[str] = ("CPUExecutionProvider",)):
-    """A detector object with ``.name`` and ``.detect(image, index) -> list[Face]``."""
-    if backend == "mediapipe":
-        return MediaPipeDetector()
-    if backend == "insightface":
-        return InsightFaceDetector(insightface_roots, insightface_pack, insightface_providers)
-    if backend != "auto":
+    """A detector object with ``.name``, ``.detect(image, index) -> list[Face]`` and ``.why``
+    (which backend and, for auto, why that one)."""
+    if backend == "mtcnn":
+        det = MTCNNDetector()
+    elif backend == "mediapipe":
+        det = MediaPipeDetector()
+    elif backend == "insightface":
+        det = InsightFaceDetector(insightface_roots, insightface_pack, insightface_providers)
+    elif backend != "auto":
         raise ValueError(f"unknown face detector '{backend}'; choose one of {', '.join(BACKENDS)}")
+    else:
+        return _auto(insightface_roots, insightface_pack, insightface_providers)
+    det.why = det.name
+    return det
+
+
+def _auto(roots, pack, providers):
+    """insightface (the reference the ecosystem uses) when its models are there, else MTCNN
+    (every face in the composed group photos, every platform), else mediapipe."""
     problems = []
-    if find_insightface_pack(insightface_roots, insightface_pack) is not None:
+    found = find_insightface_pack(roots, pack)
+    if found is not None:
         try:
-            return InsightFaceDetector(insightface_roots, insightface_pack, insightface_providers)
+            det = InsightFaceDetector(roots, pack, providers)
+            det.why = f"insightface (auto: model pack {found.describe()})"
+            return det
         except DetectorUnavailable as e:
             problems.append(str(e))
-            log.warning("insightface models found but unusable, trying mediapipe: %s", e)
-    try:
-        return MediaPipeDetector()
-    except DetectorUnavailable:
-        pass
+            log.warning("insightface models found but unusable, trying the others: %s", e)
+    reason = "insightface models present but unusable" if problems else "no insightface model pack"
+    for make in (MTCNNDetector, MediaPipeDetector):
+        try:
+            det = make()
+        except DetectorUnavailable:
+            continue
+        det.why = f"{det.name} (auto: {reason})"
+        return det
     raise DetectorUnavailable(" ".join(["No face detector is available."] + problems
-                                       + [how_to_get_a_detector(insightface_roots)]))
+                                       + [how_to_get_a_detector(roots)]))
 
 
 def choose_face(faces: list[Face], face: str | int, index: int) -> Face:
@@ -342,5 +609,9 @@ def detect_and_align(images: Sequence[np.ndarray] | np.ndarray, detector, face: 
             raise NoFaceError(f"no face found in any of the {len(skipped)} image(s) by the {detector.name} detector; "
                               "use photos where the face is clearly visible", skipped[0])
         log.warning("no face in image(s) %s: skipped", ", ".join(map(str, skipped)))
+    tiny = [i for i, f in zip(kept, chosen) if f.eye_distance < TINY_EYE_DISTANCE]
+    if tiny:
+        log.warning("tiny face in image(s) %s (eyes under %.0f px apart): the identity will be poor; "
+                    "use photos where the face is larger", ", ".join(map(str, tiny)), TINY_EYE_DISTANCE)
     return AlignedFaces(np.stack(crops) if crops else np.zeros((0, CROP_SIZE, CROP_SIZE, 3), np.uint8),
-                        chosen, kept, all_faces, skipped, matrices)
+                        chosen, kept, all_faces, skipped, matrices, getattr(detector, "why", detector.name))

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import comfy.model_management as mm
 import comfy.utils
@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from comfy_api.latest import io, ui
 
-from ..f2d.detect import BACKENDS, get_detector
+from ..f2d.detect import BACKENDS, LandmarksDetector, get_detector
 from ..f2d.identity import Identity, encode_photos
 from ..f2d.identity_file import load_identity, save_identity
 from ..f2d.mapping import EXPRESSION_DIM
@@ -74,14 +74,23 @@ class F2DEncodeIdentity(io.ComfyNode):
                 F2DModelIO.Input("f2d_model", tooltip="From F2D Load MSID."),
                 io.Image.Input("image", tooltip="One or more photos of the same person (a batch)."),
                 io.Combo.Input("detector", options=list(BACKENDS), default="auto",
-                               tooltip="auto: insightface if its models are in models/insightface, else mediapipe "
-                                       "(no download). See the README, 'Face detection'."),
+                               tooltip="auto: insightface if its models are in models/insightface, else MTCNN (no "
+                                       "download, every platform), else mediapipe. See the README, 'Face detection'."),
                 io.Combo.Input("face", options=FACE_CHOICES, default="largest",
                                tooltip="Which face when a photo has several: the largest, or the n-th counted "
                                        "from the left (0 = leftmost)."),
                 io.Boolean.Input("skip_faceless", default=False,
                                  tooltip="Leave photos without a face out of the batch (with a warning) instead "
                                          "of stopping; at least one face must remain."),
+                io.Custom("POSE_KEYPOINT").Input(
+                    "pose_keypoint", optional=True,
+                    tooltip="Optional: face points from a DWPose/OpenPose preprocessor (comfyui_controlnet_aux) "
+                            "run on the same photos; used instead of the detector."),
+                io.String.Input(
+                    "face_points", optional=True, force_input=True,
+                    tooltip="Optional: face points as JSON, used instead of the detector: [[x, y], ...] with 5 "
+                            "points (eyes, nose tip, mouth corners, image left first) or 68 landmarks per face; "
+                            "one face, one face per photo, or a list of faces per photo; or OpenPose JSON."),
             ],
             outputs=[
                 F2DIdentityIO.Output("identity", tooltip="The person, for F2D Expression Guidance."),
@@ -90,8 +99,10 @@ class F2DEncodeIdentity(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, f2d_model, image, detector, face, skip_faceless) -> io.NodeOutput:
-        with face_detector(detector) as det:
+    def execute(cls, f2d_model, image, detector, face, skip_faceless, pose_keypoint=None,
+                face_points=None) -> io.NodeOutput:
+        given = pose_keypoint if pose_keypoint is not None else face_points or None
+        with face_detector(detector) if given is None else nullcontext(LandmarksDetector(given)) as det:
             mm.load_model_gpu(f2d_model.patcher)
             pbar = comfy.utils.ProgressBar(len(image))
             identity = encode_photos(f2d_model.encoder, det, comfy_images(image), face=face,

@@ -8,7 +8,8 @@ py="${PYTHON:-python3.11}"
 venv="$root/.venv"
 c="$root/scripts/constraints.txt"
 stamp="$venv/.f2d-setup-$(cat scripts/constraints.txt scripts/setup-host.sh pyproject.toml | sha1sum | cut -c1-12)"
-if [ -f "$stamp" ]; then exit 0; fi
+# The MTCNN weights live in the checkout (f2d/data/), not the venv: a fresh clone needs install.py.
+if [ -f "$stamp" ] && [ -f "$root/f2d/data/mtcnn.safetensors" ]; then exit 0; fi
 
 [ -x "$venv/bin/python" ] || "$py" -m venv "$venv"
 # This machine's local package mirrors print a warning per missing entry; keep the log readable.
@@ -27,8 +28,9 @@ grep -v -i '^torchaudio' "$tree/requirements.txt" > "$venv/comfy-requirements.tx
 pip install -q -c "$c" -r "$venv/comfy-requirements.txt" requests
 # The pack itself (editable, for `python -m f2d`) with its test tools.
 pip install -q -c "$c" -e ".[dev]"
-# The mediapipe face detector, by the route users take (keeps numpy 2; see install.py).
-"$venv/bin/python" install.py 2> >(grep -v "is ignored: it is neither" >&2)
+# Face detectors by the route users take (see install.py): MTCNN weights out of the
+# facenet-pytorch wheel, and mediapipe 0.10.21 for its backend tests; numpy/torch/Pillow stay.
+"$venv/bin/python" install.py --mediapipe 2> >(grep -v "is ignored: it is neither" >&2)
 ln -sfn "$tree" "$root/.comfy-tree"
 rm -f "$venv"/.f2d-setup-*
 touch "$stamp"

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -28,11 +30,18 @@ def weight_files(tmp_path_factory):
     }
 
 
-@pytest.fixture(scope="session")
-def detector():
-    """The real mediapipe detector (no download)."""
-    from f2d.detect import MediaPipeDetector
+@pytest.fixture(scope="session", params=["mtcnn", "mediapipe"])
+def detector(request):
+    """Each real detector that needs no download: MTCNN (weights copied by install.py) and
+    mediapipe 0.10.21 (where it has a wheel; scripts/setup-host.sh installs both)."""
+    from f2d.detect import DetectorUnavailable, get_detector
 
-    d = MediaPipeDetector()
+    try:
+        d = get_detector(request.param)
+    except DetectorUnavailable as e:
+        if request.param == "mediapipe" and sys.version_info >= (3, 13):
+            pytest.skip(f"mediapipe 0.10.21 has no wheel for this Python: {e}")
+        raise
     yield d
-    d.close()
+    if hasattr(d, "close"):
+        d.close()

@@ -1,6 +1,6 @@
-"""insightface backend, without its weights (which cannot be had here): model discovery, the
-messages users see, and keypoints -> alignment through a stand-in for FaceAnalysis.
-Real-model detection is not verified by these tests."""
+"""insightface backend, without its weights (which cannot be had here): model discovery (nested
+folders too), the messages users see, the close-up retry, and keypoints -> alignment through a
+stand-in for FaceAnalysis. Real-model detection is not verified by these tests."""
 from __future__ import annotations
 
 import sys
@@ -34,11 +34,29 @@ def test_discovery_needs_a_real_detection_model(tmp_path):
     make_pack(tmp_path, "buffalo_l", {"det_10g.onnx": 0})  # an interrupted download
     assert find_insightface_pack([tmp_path]) is None
     make_pack(tmp_path, "antelopev2", {"scrfd_10g_bnkps.onnx": 10})
-    assert find_insightface_pack([tmp_path]) == (tmp_path, "antelopev2")
+    found = find_insightface_pack([tmp_path])
+    assert (found.root, found.name, found.folder, found.nested) == (tmp_path, "antelopev2",
+                                                                    tmp_path / "models" / "antelopev2", False)
     assert find_insightface_pack([tmp_path], "buffalo_l") is None
     other = tmp_path / "second"
     make_pack(other, "buffalo_l", {"det_10g.onnx": 10})
-    assert find_insightface_pack([tmp_path, other], "buffalo_l") == (other, "buffalo_l")
+    found = find_insightface_pack([tmp_path, other], "buffalo_l")
+    assert (found.root, found.name) == (other, "buffalo_l")
+
+
+def test_pack_unzipped_one_folder_too_deep_is_found_and_named(tmp_path, caplog):
+    """models/antelopev2/antelopev2/*.onnx -- what unzipping antelopev2.zip into a folder of the
+    same name gives, a common mistake."""
+    folder = make_pack(tmp_path, "antelopev2/antelopev2", {"scrfd_10g_bnkps.onnx": 10, "glintr100.onnx": 10})
+    found = find_insightface_pack([tmp_path])
+    assert (found.name, found.folder, found.nested) == ("antelopev2", folder, True)
+    assert "nested one folder deeper than usual" in found.describe()
+    det = InsightFaceDetector([tmp_path], app=FakeFaceAnalysis([]))
+    assert det.found.folder == folder
+    det.why = "insightface"
+    with caplog.at_level("WARNING"):
+        InsightFaceDetector([tmp_path], app=FakeFaceAnalysis([]))
+    assert "nested folder" in caplog.text and str(folder) in caplog.text
 
 
 def test_missing_models_message_says_which_files_go_where(tmp_path):
@@ -56,17 +74,25 @@ def test_models_present_but_insightface_not_installed(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "insightface.app", None)
     with pytest.raises(DetectorUnavailable, match=r"models are in .*antelopev2, but insightface cannot be imported"):
         get_detector("insightface", insightface_roots=[tmp_path])
-    # auto: falls back to mediapipe instead of failing.
-    assert get_detector("auto", insightface_roots=[tmp_path]).name == "mediapipe"
+    # auto: falls back to MTCNN instead of failing, and says why.
+    det = get_detector("auto", insightface_roots=[tmp_path])
+    assert det.name == "mtcnn" and det.why == "mtcnn (auto: insightface models present but unusable)"
 
 
-def test_no_detector_at_all_lists_both_ways(tmp_path, monkeypatch):
+def test_no_detector_at_all_lists_every_way(tmp_path, monkeypatch):
+    """No MTCNN weights (install.py not run), no mediapipe, no insightface models."""
+    import f2d.mtcnn
+
+    monkeypatch.setattr(f2d.mtcnn, "WEIGHTS_FILE", tmp_path / "missing.safetensors")
+    monkeypatch.setattr(f2d.mtcnn, "facenet_pytorch_data", lambda: None)
     monkeypatch.setitem(sys.modules, "mediapipe.python.solutions", None)
     with pytest.raises(DetectorUnavailable) as e:
         get_detector("auto", insightface_roots=[tmp_path])
     msg = str(e.value)
     assert "No face detector is available" in msg
-    assert "python install.py" in msg and "mediapipe" in msg and "antelopev2" in msg
+    assert "python install.py" in msg and "MTCNN" in msg and "mediapipe" in msg and "antelopev2" in msg
+    with pytest.raises(DetectorUnavailable, match=r"MTCNN face detector's weights were not found.*python install.py"):
+        get_detector("mtcnn")
 
 
 class FakeFaceAnalysis:
@@ -95,3 +121,27 @@ def test_insightface_keypoints_feed_the_same_alignment(tmp_path, fixtures, refer
     assert result.chosen[0].score == pytest.approx(0.9)  # the largest face, as with mediapipe
     official = reference["align.crop_uint8"].numpy().astype(int)
     assert np.abs(result.crops[0].astype(int) - official).max() <= 1
+
+
+class CloseUpBlindFaceAnalysis(FakeFaceAnalysis):
+    """Like SCRFD at 640 px: a face filling the whole photo is not found; with margin it is."""
+
+    def get(self, image_bgr):
+        if image_bgr.shape[0] <= 112:
+            self.seen.append(image_bgr)
+            return []
+        return super().get(image_bgr)
+
+
+def test_close_up_is_retried_with_margin(tmp_path, fixtures, reference):
+    make_pack(tmp_path, "buffalo_l", {"det_10g.onnx": 10})
+    crop = np.array(Image.open(fixtures / "astronaut_aligned_112.png").convert("RGB"))
+    from f2d.align import ARCFACE_TEMPLATE
+
+    kps = ARCFACE_TEMPLATE + 56  # where the face sits in the doubled canvas (56 px margin)
+    app = CloseUpBlindFaceAnalysis([((50, 50, 170, 170), kps, 0.9)])
+    det = InsightFaceDetector([tmp_path], app=app)
+    result = detect_and_align([crop], det)
+    assert [im.shape[:2] for im in app.seen] == [(112, 112), (224, 224)]
+    assert np.allclose(result.chosen[0].points, ARCFACE_TEMPLATE)  # back in the photo's pixels
+    assert np.abs(result.crops[0].astype(int) - crop).mean() <= 2
