@@ -66,7 +66,7 @@ OFFICIAL = "https://github.com/mapooon/Face2Diffusion"
 PACK = "https://github.com/face2diffusion/ComfyUI-Face2Diffusion"
 
 # Layout: the note at the top of column 0, the model loaders under it, one column per step after.
-COL0_WIDTH, NODE_WIDTH, PITCH, TOP = 400, 300, 340, 80
+COL0_WIDTH, NODE_WIDTH, PITCH, TOP = 400, 300, 340, 90
 # The canvas of a 1600x1000 window, less the left toolbar (~60 px) and the banner and tab bar on top
 # (~80 px), the workflow menu and Run bar floating below them: the saved view puts the graph at ORIGIN on screen and fits it into VIEWPORT.
 ORIGIN, VIEWPORT = (75, 135), (1500, 840)
@@ -411,7 +411,7 @@ def to_ui(w: Workflow, api: dict, object_info: dict) -> dict:
         y = column_y.get(n.col, TOP)
         if n.col in last_group and last_group[n.col] != n.group:
             # Below the whole group above (all its columns), with room for this group's title bar.
-            y = max(y, group_bottom[last_group[n.col]] + 90)
+            y = max(y, group_bottom[last_group[n.col]] + 100)
         last_group[n.col] = n.group
         height = _height(n.cls, specs, info)
         column_y[n.col] = y + height + 40
@@ -455,7 +455,7 @@ def to_ui(w: Workflow, api: dict, object_info: dict) -> dict:
     for gi, title in enumerate(w.groups, 1):
         members = [nodes[nid] for nid, name in zip(api, names) if w.nodes[name].group == gi]
         x0 = min(m["pos"][0] for m in members) - 12
-        y0 = min(m["pos"][1] for m in members) - 60
+        y0 = min(m["pos"][1] for m in members) - 70
         x1 = max(m["pos"][0] + m["size"][0] for m in members) + 12
         y1 = max(m["pos"][1] + m["size"][1] for m in members) + 20
         groups.append({"id": gi, "title": title, "bounding": [x0, y0, x1 - x0, y1 - y0],
