@@ -68,7 +68,8 @@ PACK = "https://github.com/face2diffusion/ComfyUI-Face2Diffusion"
 # Layout: the note at the top of column 0, the model loaders under it, one column per step after.
 COL0_WIDTH, NODE_WIDTH, PITCH, TOP = 400, 300, 340, 90
 # The canvas of a 1600x1000 window, less the left toolbar (~60 px) and the banner and tab bar on top
-# (~80 px), the workflow menu and Run bar floating below them: the saved view puts the graph at ORIGIN on screen and fits it into VIEWPORT.
+# (~80 px), the workflow menu and Run bar floating below them: the saved view puts the graph at
+# ORIGIN on screen and fits it into VIEWPORT.
 ORIGIN, VIEWPORT = (75, 135), (1500, 840)
 MIN_READABLE_SCALE = 0.6  # below this the front end stops drawing widget text
 GROUP_COLORS = ["#3f789e", "#8A8", "#b06634", "#a1309b", "#88A"]

@@ -9,8 +9,8 @@ from __future__ import annotations
 import copy
 import importlib.util
 import json
-from pathlib import Path
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
