@@ -18,6 +18,7 @@ from .identity import (  # noqa: E402
 )
 from .likeness import F2DBestOfN, F2DIdentitySimilarity  # noqa: E402
 from .loaders import F2DLoadMSID  # noqa: E402
+from .mix import F2DMixIdentities  # noqa: E402
 
 NODES = [
     F2DLoadMSID,
@@ -30,6 +31,7 @@ NODES = [
     F2DLoadIdentity,
     F2DIdentitySimilarity,
     F2DBestOfN,
+    F2DMixIdentities,
 ]
 
 

@@ -234,7 +234,10 @@ class F2DLoadIdentity(io.ComfyNode):
             description="Loads an identity saved by F2D Save Identity.",
             inputs=[io.Combo.Input("identity_file", options=files, default=files[0] if files else None,
                                    tooltip=f"Files in models/{paths.FOLDER}/{paths.IDENTITIES}.")],
-            outputs=[F2DIdTokensIO.Output("id_tokens")],
+            outputs=[F2DIdTokensIO.Output("id_tokens"),
+                     F2DIdentityIO.Output("identity", tooltip="The saved averaged MSID identity, for F2D Mix "
+                                                              "Identities or F2D Expression Guidance (empty in "
+                                                              "files saved without it).")],
         )
 
     @classmethod
@@ -247,4 +250,4 @@ class F2DLoadIdentity(io.ComfyNode):
     @classmethod
     def execute(cls, identity_file) -> io.NodeOutput:
         tokens, identity, meta = load_identity(os.path.join(paths.identities_folder(), identity_file))
-        return io.NodeOutput(F2DIdTokens(tokens, identity, meta))
+        return io.NodeOutput(F2DIdTokens(tokens, identity, meta), None if identity is None else Identity(identity, None))

@@ -21,7 +21,7 @@ for wf in "$root"/workflows/*.json; do
   [ -e "$wf" ] || continue
   cp -n "$wf" "$base/user/default/workflows/" 2>/dev/null || true
 done
-[ -f "$base/input/astronaut.png" ] || cp "$root/workflows/astronaut.png" "$base/input/" 2>/dev/null || true
+cp -n "$root"/workflows/*.png "$base/input/" 2>/dev/null || true  # the example workflows' photos
 device=()
 "$py" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null || device=(--cpu)
 echo "ComfyUI with Face2Diffusion at http://127.0.0.1:$port (models in $base/models)"

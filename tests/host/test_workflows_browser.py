@@ -1,0 +1,169 @@
+"""Every example workflow in the real ComfyUI front end (Debian's Chromium through Playwright):
+no missing node, the note rendered with every link, the saved view applied at a zoom where text is
+drawn, the whole graph on screen, no node on top of another at the sizes the front end gives them.
+
+Runs on the front end installed with the host (1.32.9); set F2D_FRONTEND_ROOT to an unpacked
+newer one (e.g. comfyui-frontend-package 1.58.1: <wheel>/comfyui_frontend_package/static) to run
+the same checks there too. Screenshots go to <pytest tmp>/workflow_screens*/ (printed with -s)."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+from f2d_testkit import (
+    REPO,
+    ComfyServer,
+    build_tiny_controlnet,
+    build_tiny_lora,
+    build_tiny_sd15_checkpoint,
+    copy_into,
+    write_formula_weights,
+)
+
+pytestmark = [pytest.mark.host, pytest.mark.browser]
+CHROMIUM = Path(os.environ.get("F2D_CHROMIUM", "/usr/bin/chromium"))
+UI = sorted((REPO / "workflows").glob("*.json"))
+MISSING_NODES = "This workflow has missing nodes"
+LINK = re.compile(r"\[([^\]]+)\]\(([^)\s]+)\)")
+SIDEBAR, TOP_BARS = 60, 125  # the left toolbar; the banner, the tabs, the workflow menu and the Run bar
+FRONT_ENDS = ["bundled"] + (["newer"] if os.environ.get("F2D_FRONTEND_ROOT") else [])
+
+
+def _mw():
+    spec = importlib.util.spec_from_file_location("make_workflows", REPO / "scripts" / "make_workflows.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("make_workflows", mod)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module", params=FRONT_ENDS)
+def server(request, tmp_path_factory, f2d_nodes):
+    if not CHROMIUM.is_file():
+        if os.environ.get("CI"):
+            pytest.fail(f"{CHROMIUM} missing: .ci/run installs Debian's chromium")
+        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium, or set F2D_CHROMIUM)")
+    mw = _mw()
+    base = tmp_path_factory.mktemp(f"comfy_wf_browser_{request.param}")
+    models = base / "models"
+    # Every file the workflows name is present: a missing-models dialog would be a wrong name.
+    build_tiny_sd15_checkpoint(models / "checkpoints" / mw.CHECKPOINT)
+    build_tiny_lora(models / "loras" / mw.LORA)
+    build_tiny_controlnet(models / "controlnet" / mw.CONTROLNET)
+    write_formula_weights(models / "face2diffusion", "msid", "pt")
+    write_formula_weights(models / "face2diffusion", "mapping", "pt")
+    (models / "face2diffusion" / "identities").mkdir()
+    for photo in mw.PHOTOS:
+        copy_into(REPO / "workflows" / photo, base / "input")
+    extra = ["--front-end-root", os.environ["F2D_FRONTEND_ROOT"]] if request.param == "newer" else []
+    with ComfyServer(base, extra_args=extra) as s:
+        assert s.post("/settings/Comfy.TutorialCompleted", True)[0] == 200
+        s.front_end = request.param
+        yield s
+
+
+@pytest.fixture(scope="module")
+def page(server, tmp_path_factory):
+    from playwright.sync_api import sync_playwright
+
+    shots = tmp_path_factory.mktemp(f"workflow_screens_{server.front_end}")
+    print(f"\nscreenshots: {shots}")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync", "--no-first-run"])
+        page = browser.new_page(viewport={"width": 1600, "height": 1000})
+        errors = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(server.url)
+        page.wait_for_function("window.app?.graph && window.LiteGraph && app.canvas", timeout=90_000)
+        page.wait_for_timeout(1500)
+        page.f2d_errors, page.f2d_shots = errors, shots
+        yield page
+        browser.close()
+
+
+def load(page, path: Path) -> None:
+    page.keyboard.press("Escape")
+    page.evaluate("wf => app.loadGraphData(wf)", json.loads(path.read_text()))
+    page.wait_for_timeout(1200)
+
+
+@pytest.mark.parametrize("path", UI, ids=[p.stem for p in UI])
+def test_workflow_loads_with_its_note_links_and_a_readable_view(page, path):
+    wf = json.loads(path.read_text())
+    load(page, path)
+    assert page.get_by_text(MISSING_NODES).count() == 0, path.name
+    unknown = page.evaluate("app.graph._nodes.filter(n => !LiteGraph.registered_node_types[n.type]).map(n => n.type)")
+    assert unknown == []
+    assert page.get_by_text("missing models", exact=False).count() == 0, "a file name the folders do not hold"
+
+    note = next(n for n in wf["nodes"] if n["type"] == "MarkdownNote")
+    text = note["widgets_values"][0]
+    assert page.evaluate("() => app.graph._nodes.find(n => n.type === 'MarkdownNote').widgets[0].value") == text
+    # The rendered note: every link as a clickable anchor with its address.
+    hrefs = page.evaluate("() => [...document.querySelectorAll('a[href]')].map(a => a.getAttribute('href'))")
+    for _, url in LINK.findall(text):
+        assert url in hrefs, f"{path.name}: link {url} not rendered"
+    heading = text.splitlines()[0].lstrip("# ")
+    fit = page.evaluate("""h => { const el = [...document.querySelectorAll('h2')].find(e => e.textContent === h);
+        if (!el) return 'no rendered heading';
+        let box = el; while (box && box.scrollHeight <= box.clientHeight + 2 && box !== document.body) box = box.parentElement;
+        return box && box !== document.body ? [box.className, box.scrollHeight, box.clientHeight] : null; }""", heading)
+    assert fit is None, f"the note's text does not fit its box (scrolls): {fit}"
+
+    ds = page.evaluate("() => ({scale: app.canvas.ds.scale, offset: [...app.canvas.ds.offset],"
+                       " lowQuality: app.canvas.low_quality, w: app.canvas.canvas.clientWidth,"
+                       " h: app.canvas.canvas.clientHeight})")
+    assert ds["scale"] == pytest.approx(wf["extra"]["ds"]["scale"], abs=1e-3), "saved view not applied"
+    assert not ds["lowQuality"], f"text is not drawn at {ds['scale']:.2f}"
+    # Real sizes (the front end grows nodes to fit their widgets): on screen, and apart.
+    boxes = page.evaluate("""() => app.graph._nodes.map(n => {
+        const b = n.getBounding ? n.getBounding() : [n.pos[0], n.pos[1] - 30, n.size[0], n.size[1] + 30];
+        return {title: n.title, box: [b[0], b[1], b[2], b[3]]}; })""")
+    s, (ox, oy) = ds["scale"], ds["offset"]
+    for b in boxes:
+        x, y, w, h = b["box"]
+        assert (x + ox) * s >= SIDEBAR and (y + oy) * s >= TOP_BARS, (b, "under the toolbar or the tabs")
+        assert (x + w + ox) * s <= ds["w"] and (y + h + oy) * s <= ds["h"], (b, ds)
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            ax, ay, aw, ah = a["box"]
+            bx, by, bw, bh = b["box"]
+            apart = ax + aw <= bx or bx + bw <= ax or ay + ah <= by or by + bh <= ay
+            assert apart, f"{path.name}: '{a['title']}' overlaps '{b['title']}'"
+    groups = page.evaluate("() => (app.graph._groups ?? app.graph.groups).map(g => g.title)")
+    assert groups == [g["title"] for g in wf["groups"]]
+    page.screenshot(path=str(page.f2d_shots / f"{path.stem}.png"))
+    assert not page.f2d_errors, page.f2d_errors
+
+
+def test_a_missing_node_would_be_reported(page):
+    """The check above can fail: an unknown node type raises the front end's dialog."""
+    broken = json.loads(UI[0].read_text())
+    broken["nodes"][0]["type"] = "NoSuchNodeF2DTest"
+    page.evaluate("wf => app.loadGraphData(wf)", broken)
+    unknown = page.evaluate("app.graph._nodes.filter(n => !LiteGraph.registered_node_types[n.type]).map(n => n.type)")
+    assert unknown == ["NoSuchNodeF2DTest"]
+    # 1.32.9 opens a dialog, newer front ends a toast or panel: each names the missing node.
+    page.get_by_text(re.compile("missing node", re.I)).first.wait_for(timeout=10_000)
+    page.keyboard.press("Escape")
+
+
+def test_templates_list_the_workflows_with_thumbnails(server):
+    """The template browser's data: this pack's workflows, each with the <name>.jpg it asks for."""
+    import urllib.request
+
+    listed = server.get("/workflow_templates")
+    names = next(v for k, v in listed.items() if k == "ComfyUI-Face2Diffusion")
+    assert sorted(names) == [p.stem for p in UI]
+    for name in names:
+        with urllib.request.urlopen(f"{server.url}/api/workflow_templates/ComfyUI-Face2Diffusion/{name}.jpg") as r:
+            assert r.status == 200 and r.headers["Content-Type"] == "image/jpeg"
