@@ -21,6 +21,10 @@ from formula import formula_state_dict, formula_tensor  # noqa: F401  (re-export
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(os.environ.get("F2D_FIXTURES", REPO.parent / "shared" / "fixtures" / "f2d-reference"))
 PACK_NAME = "ComfyUI-Face2Diffusion"
+# The newest front end the browser tests run besides the bundled one (scripts/setup-browser.sh installs it).
+NEW_FRONTEND = "1.58.1"
+NEW_FRONTEND_ROOT = (REPO / ".venv" / "frontends" / f"comfyui-frontend-package-{NEW_FRONTEND}"
+                     / "comfyui_frontend_package" / "static")
 
 
 def require_fixtures() -> Path:
@@ -47,6 +51,17 @@ def write_formula_weights(folder: Path, kind: str, fmt: str) -> Path:
 
         save_file({k: v.contiguous() for k, v in sd.items()}, str(path))
     return path
+
+
+def make_workflows_module():
+    """scripts/make_workflows.py, the one source of the example workflows, imported as a module."""
+    if "make_workflows" in sys.modules:
+        return sys.modules["make_workflows"]
+    spec = importlib.util.spec_from_file_location("make_workflows", REPO / "scripts" / "make_workflows.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["make_workflows"] = mod  # dataclasses look their module up there
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def comfy_tree() -> Path:

@@ -11,7 +11,6 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from formula import formula_state_dict
-from f2d.mapping import MappingNetwork
 from f2d.msid import MSIDEncoder
 from f2d.weights import WeightsError, load_mapping, load_msid
 

@@ -4,16 +4,14 @@ numbered groups, a saved view that shows the whole graph at a readable zoom, and
 template browser. Reads the files only (no ComfyUI needed)."""
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 import re
 import tomllib
 
 import pytest
 from PIL import Image
 
-from f2d_testkit import REPO
+from f2d_testkit import REPO, make_workflows_module
 
 WORKFLOWS = REPO / "workflows"
 UI = sorted(WORKFLOWS.glob("*.json"))
@@ -21,15 +19,9 @@ LINK = re.compile(r"\[([^\]]+)\]\(([^)\s]+)\)")
 PROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
 
 
-def _mw():
-    spec = importlib.util.spec_from_file_location("make_workflows", REPO / "scripts" / "make_workflows.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("make_workflows", mod)  # dataclasses look their module up there
-    spec.loader.exec_module(mod)
-    return mod
 
 
-MW = _mw()
+MW = make_workflows_module()
 KNOWN_HOMES = {f[k] for f in MW.FILES.values() for k in ("url", "page")} | {MW.PAPER, MW.OFFICIAL, MW.PACK}
 LOADER_WIDGETS = {"CheckpointLoaderSimple": ["ckpt_name"], "LoraLoader": ["lora_name"],
                   "ControlNetLoader": ["control_net_name"], "F2DLoadMSID": ["msid", "mapping"]}

@@ -15,10 +15,13 @@ from pathlib import Path
 import pytest
 
 from f2d_testkit import (
+    NEW_FRONTEND,
+    NEW_FRONTEND_ROOT,
     REPO,
     ComfyServer,
     build_tiny_sd15_checkpoint,
     copy_into,
+    make_workflows_module,
     write_formula_weights,
 )
 
@@ -29,9 +32,6 @@ WF01 = REPO / "workflows" / "01_basic_f2d_sampler.json"
 WF02 = REPO / "workflows" / "02_text_encode_ksampler.json"
 MISSING_DIALOG = "This workflow has missing nodes"
 OUR_JS = "face2diffusion.js"
-NEW_FRONTEND = "1.58.1"  # keep in step with scripts/setup-browser.sh
-NEW_FRONTEND_ROOT = (REPO / ".venv" / "frontends" / f"comfyui-frontend-package-{NEW_FRONTEND}"
-                     / "comfyui_frontend_package" / "static")
 # (front end, view); "bundled" is the front end the host ships (1.32.9 with ComfyUI 0.3.75).
 CONFIGS = [("bundled", "classic"), (NEW_FRONTEND, "classic"), (NEW_FRONTEND, "nodes2")]
 # Toasts: PrimeVue's classes up to 1.3x; test ids from 1.5x on.
@@ -69,7 +69,7 @@ class Servers:
             return self.current[1]
         self.close()
         base = self.tmp.mktemp(f"comfy_browser_{frontend}")
-        build_tiny_sd15_checkpoint(base / "models" / "checkpoints" / "v1-5-pruned-emaonly.safetensors")
+        build_tiny_sd15_checkpoint(base / "models" / "checkpoints" / make_workflows_module().CHECKPOINT)
         (base / "models" / "face2diffusion").mkdir(parents=True)
         copy_into(REPO / "workflows" / "astronaut.png", base / "input")
         args = [] if frontend == "bundled" else ["--front-end-root", str(NEW_FRONTEND_ROOT)]

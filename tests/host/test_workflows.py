@@ -7,9 +7,7 @@ short, the graphs are queued at 64x64 and 4 steps instead of 512x512 and 30; not
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +23,7 @@ from f2d_testkit import (
     build_tiny_lora,
     build_tiny_sd15_checkpoint,
     copy_into,
+    make_workflows_module,
     write_formula_weights,
 )
 
@@ -34,17 +33,11 @@ API = sorted((REPO / "workflows" / "api").glob("*.json"))
 UI = sorted((REPO / "workflows").glob("*.json"))
 
 
-def _make_workflows():
-    spec = importlib.util.spec_from_file_location("make_workflows", REPO / "scripts" / "make_workflows.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("make_workflows", mod)  # dataclasses look their module up there
-    spec.loader.exec_module(mod)
-    return mod
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, f2d_nodes):
-    mw = _make_workflows()
+    mw = make_workflows_module()
     base = tmp_path_factory.mktemp("comfy_e2e")
     models = base / "models"
     build_tiny_sd15_checkpoint(models / "checkpoints" / mw.CHECKPOINT)
@@ -153,7 +146,7 @@ def test_ui_workflows_use_only_installed_nodes_and_match_their_api_twins(server)
         ui = json.loads(path.read_text())
         missing = {n["type"] for n in ui["nodes"]} - set(info) - {"MarkdownNote"}  # the front end's own node
         assert not missing, f"{path.name}: missing node types {missing}"
-    stale = [p.name for p, text in _make_workflows().render(info).items() if p.read_text() != text]
+    stale = [p.name for p, text in make_workflows_module().render(info).items() if p.read_text() != text]
     assert not stale, f"out of date, run scripts/make_workflows.py: {stale}"
 
 

@@ -2,23 +2,23 @@
 no missing node, the note rendered with every link, the saved view applied at a zoom where text is
 drawn, the whole graph on screen, no node on top of another at the sizes the front end gives them.
 
-Runs on the front end installed with the host (1.32.9); set F2D_FRONTEND_ROOT to an unpacked
-newer one (e.g. comfyui-frontend-package 1.58.1: <wheel>/comfyui_frontend_package/static) to run
-the same checks there too. Screenshots go to <pytest tmp>/workflow_screens*/ (printed with -s)."""
+Runs on the front end installed with the host (1.32.9) and on the newest one that
+scripts/setup-browser.sh installs (1.58.1, served with --front-end-root). Screenshots go to <pytest tmp>/workflow_screens*/ (printed with -s)."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
-import sys
 from pathlib import Path
 
 import pytest
 
 from f2d_testkit import (
+    NEW_FRONTEND,
+    NEW_FRONTEND_ROOT,
     REPO,
     ComfyServer,
+    make_workflows_module,
     build_tiny_controlnet,
     build_tiny_lora,
     build_tiny_sd15_checkpoint,
@@ -32,15 +32,9 @@ UI = sorted((REPO / "workflows").glob("*.json"))
 MISSING_NODES = "This workflow has missing nodes"
 LINK = re.compile(r"\[([^\]]+)\]\(([^)\s]+)\)")
 SIDEBAR, TOP_BARS = 60, 125  # the left toolbar; the banner, the tabs, the workflow menu and the Run bar
-FRONT_ENDS = ["bundled"] + (["newer"] if os.environ.get("F2D_FRONTEND_ROOT") else [])
+FRONT_ENDS = ["bundled", NEW_FRONTEND]
 
 
-def _mw():
-    spec = importlib.util.spec_from_file_location("make_workflows", REPO / "scripts" / "make_workflows.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("make_workflows", mod)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 @pytest.fixture(scope="module", params=FRONT_ENDS)
@@ -49,7 +43,7 @@ def server(request, tmp_path_factory, f2d_nodes):
         if os.environ.get("CI"):
             pytest.fail(f"{CHROMIUM} missing: .ci/run installs Debian's chromium")
         pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium, or set F2D_CHROMIUM)")
-    mw = _mw()
+    mw = make_workflows_module()
     base = tmp_path_factory.mktemp(f"comfy_wf_browser_{request.param}")
     models = base / "models"
     # Every file the workflows name is present: a missing-models dialog would be a wrong name.
@@ -61,7 +55,7 @@ def server(request, tmp_path_factory, f2d_nodes):
     (models / "face2diffusion" / "identities").mkdir()
     for photo in mw.PHOTOS:
         copy_into(REPO / "workflows" / photo, base / "input")
-    extra = ["--front-end-root", os.environ["F2D_FRONTEND_ROOT"]] if request.param == "newer" else []
+    extra = [] if request.param == "bundled" else ["--front-end-root", str(NEW_FRONTEND_ROOT)]
     with ComfyServer(base, extra_args=extra) as s:
         assert s.post("/settings/Comfy.TutorialCompleted", True)[0] == 200
         s.front_end = request.param
