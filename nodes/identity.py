@@ -91,12 +91,17 @@ class F2DEncodeIdentity(io.ComfyNode):
             ],
         )
 
+    # One input only: ComfyUI 0.3.75 repeats a validate_inputs message once per input it names.
+    # An unknown detector is refused with the same message as the run starts (below).
     @classmethod
-    def validate_inputs(cls, detector, face) -> bool | str:
-        return unknown_choice("detector", detector, BACKENDS) or unknown_choice("face", face, FACE_CHOICES) or True
+    def validate_inputs(cls, face) -> bool | str:
+        return unknown_choice("face", face, FACE_CHOICES) or True
 
     @classmethod
     def execute(cls, f2d_model, image, detector, face, skip_faceless) -> io.NodeOutput:
+        problem = unknown_choice("detector", detector, BACKENDS) or unknown_choice("face", face, FACE_CHOICES)
+        if problem:
+            raise ValueError(problem)
         pbar = comfy.utils.ProgressBar(2 * len(image))
 
         def progress(done, total):
@@ -213,11 +218,13 @@ class F2DSaveIdentity(io.ComfyNode):
 
     @classmethod
     def fingerprint_inputs(cls, name=None, **_) -> object:
-        """What the files under this name look like now: ComfyUI reuses its cached result only
-        while they are unchanged, so a deleted or replaced file is written again on the next queue."""
+        """ComfyUI reuses its cached result only while this value stays the same. Nothing saved
+        under the name: always run (NaN equals nothing), so a deleted file is written again.
+        Files there: their names, sizes and times, so the cached message stays true while they do."""
         if name is None or paths.identity_name_problem(name):
-            return float("nan")  # never equal: always run
-        return paths.identity_name_state(name.strip())
+            return float("nan")
+        state = paths.identity_name_state(name.strip())
+        return state if state[1] else float("nan")
 
     @classmethod
     def execute(cls, id_tokens: F2DIdTokens, name) -> io.NodeOutput:
