@@ -8,7 +8,10 @@ Starts ComfyUI with the tests' tiny SD1.x checkpoint and the formula F2D weights
 - the server's peak resident memory while F2D Encode Identity runs on 400 photos, next to its
   resident memory before (the input batch itself, 400 x 512 x 512 x 3 floats, is 1.2 GB of it).
 
-    .venv/bin/python bench/reliability.py [--interrupt-photos 240] [--memory-photos 400]
+- in a fresh process each, the peak memory that encode_photos adds on top of the photo batch,
+  encoding in chunks (f2d.identity.ENCODE_CHUNK) and, for comparison, in one pass as before.
+
+    .venv/bin/python bench/reliability.py [--interrupt-photos 240] [--memory-photos 400] [--skip-server]
 
 Figures depend on the machine; compare them within one run (the encode chunk is in
 f2d.identity.ENCODE_CHUNK).
@@ -114,13 +117,57 @@ def peak_rss_while(server, api) -> tuple[float, float, float, str]:
     return before / 2**20, peak[0] / 2**20, seconds, h["status"]["status_str"]
 
 
+def child_peak(photos: int, chunk: int) -> None:
+    """Run in a fresh process: the resident-memory peak that encode_photos adds, in MB."""
+    import resource
+
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from f2d.detect import LandmarksDetector, MediaPipeDetector
+    from f2d.identity import IdentityEncoder, encode_photos
+
+    fixtures = require_fixtures()
+    with tempfile.TemporaryDirectory() as tmp:
+        enc = IdentityEncoder.from_files(write_formula_weights(Path(tmp), "msid", "pt"),
+                                         write_formula_weights(Path(tmp), "mapping", "pt"))
+    photo = np.asarray(Image.open(fixtures / "astronaut.png").convert("RGB"))
+    det = MediaPipeDetector()
+    points = det.detect(photo)[0].points
+    det.close()
+    batch = torch.from_numpy(photo).float().div(255).expand(photos, -1, -1, -1).contiguous()  # as ComfyUI's IMAGE
+    enc.features(np.zeros((1, 112, 112, 3), np.uint8))  # warm-up
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    encode_photos(enc, LandmarksDetector(np.stack([points] * photos)), list(batch.numpy()), chunk=chunk)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"{peak - before:.0f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--interrupt-photos", type=int, default=240)
     ap.add_argument("--memory-photos", type=int, default=400)
     ap.add_argument("--after", type=float, nargs="+", default=[2.0, 8.0, 20.0],
                     help="seconds into the encode at which to interrupt")
+    ap.add_argument("--skip-server", action="store_true", help="only the in-process memory comparison")
+    ap.add_argument("--child", type=int, nargs=2, metavar=("PHOTOS", "CHUNK"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.child:
+        return child_peak(*args.child)
+
+    import subprocess
+
+    from f2d.identity import ENCODE_CHUNK
+
+    print(f"memory that encode_photos adds for {args.memory_photos} photos of 512x512 "
+          "(landmarks given; a fresh process each)")
+    for label, chunk in ((f"in chunks of {ENCODE_CHUNK}", ENCODE_CHUNK), ("in one pass (before)", args.memory_photos)):
+        out = subprocess.run([sys.executable, __file__, "--child", str(args.memory_photos), str(chunk)],
+                             capture_output=True, text=True, check=True).stdout.split()[-1]
+        print(f"  {label:24s} +{out} MB")
+    if args.skip_server:
+        return
 
     fixtures = require_fixtures()
     with tempfile.TemporaryDirectory() as tmp:
@@ -147,6 +194,8 @@ def main() -> None:
             time.sleep(3)
             latency, how = interrupt_latency(server, sampling_graph(5000), after=2.0)
             print(f"  sampling, 5000 steps at 64x64, after 2 s:      {latency:6.2f}  ({how})")
+            # Warm-up: F2D Load MSID and the detector once, so the figures below are the encode node's.
+            server.wait_history(queue(server, encode_graph(1, 500)), timeout=600)
             for i, after in enumerate(args.after):
                 latency, how = interrupt_latency(server, encode_graph(args.interrupt_photos, i), after=after)
                 print(f"  F2D Encode Identity, {args.interrupt_photos} photos, after {after:4.1f} s: "

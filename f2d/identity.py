@@ -136,7 +136,7 @@ def check_tokens(tokens: IdentityTokens, what: str, fix: str) -> IdentityTokens:
     return tokens
 
 
-ENCODE_CHUNK = 16  # crops per MSID pass: bounds the encoder's memory, and is how often hosts may interrupt
+ENCODE_CHUNK = 4  # crops per MSID pass: bounds the encoder's memory and how long a Cancel waits (~1 s on 2 CPU cores)
 MIN_SIDE = 32  # below this no detector finds a face, and the 112 px crop would be mostly interpolation
 
 
