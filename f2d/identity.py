@@ -115,10 +115,81 @@ class Identity:
         return self.features.mean(0, keepdim=True)
 
 
-def encode_photos(encoder: IdentityEncoder, detector, images, face: str | int = "largest",
-                  skip_faceless: bool = False, progress=None) -> Identity:
-    """Detect, align and encode the face in each photo (see :func:`f2d.detect.detect_and_align`)."""
-    from .detect import detect_and_align
+class NonFiniteError(ValueError):
+    """Identity vectors or tokens holding NaN/inf: they would give a black image."""
 
-    aligned = detect_and_align(images, detector, face=face, skip_faceless=skip_faceless, progress=progress)
-    return Identity(encoder.features(aligned.crops), aligned)
+    __module__ = "f2d.identity"
+
+
+def check_finite(values: torch.Tensor, what: str, fix: str) -> torch.Tensor:
+    """``values`` unchanged, or NonFiniteError naming ``what`` went wrong and ``fix``."""
+    bad = ~torch.isfinite(values)
+    if bad.any():
+        raise NonFiniteError(f"{what}: {int(bad.sum())} of {values.numel()} values are NaN or infinite, which "
+                             f"would give a black image. {fix}")
+    return values
+
+
+def check_tokens(tokens: IdentityTokens, what: str, fix: str) -> IdentityTokens:
+    check_finite(torch.cat([tokens.first.reshape(-1), tokens.last.reshape(-1)]), what, fix)
+    return tokens
+
+
+ENCODE_CHUNK = 4  # crops per MSID pass: bounds the encoder's memory and how long a Cancel waits (~1 s on 2 CPU cores)
+MIN_SIDE = 32  # below this no detector finds a face, and the 112 px crop would be mostly interpolation
+
+
+class _SizeGuard:
+    """The detector, except that photos too small to hold a face are reported as faceless (so
+    skip_faceless applies to them) and remembered, to say why."""
+
+    def __init__(self, detector):
+        self.detector, self.tiny = detector, {}
+
+    def __getattr__(self, name):  # name, why, ...: the detector's own
+        return getattr(self.detector, name)
+
+    def detect(self, image: np.ndarray, index: int = 0):
+        h, w = image.shape[:2]
+        if min(h, w) < MIN_SIDE:
+            self.tiny[index] = f"{w}x{h} px"
+            return []
+        return self.detector.detect(image, index)
+
+
+def encode_photos(encoder: IdentityEncoder, detector, images, face: str | int = "largest",
+                  skip_faceless: bool = False, progress=None, chunk: int = ENCODE_CHUNK) -> Identity:
+    """Detect, align and encode the face in each photo (see :func:`f2d.detect.detect_and_align`).
+
+    ``progress(done, total)`` is called before each photo is detected and before each chunk of
+    ``chunk`` aligned faces is encoded (total = photos + faces); hosts raise from it to interrupt.
+    The encoder sees one chunk at a time, so its memory does not grow with the batch.
+    """
+    from .detect import NoFaceError, detect_and_align
+
+    n = len(images)
+    guard = _SizeGuard(detector)
+    try:
+        aligned = detect_and_align(images, guard, face=face, skip_faceless=skip_faceless,
+                                   progress=None if progress is None else (lambda i, _: progress(i, 2 * n)))
+    except NoFaceError as e:
+        if e.image_index not in guard.tiny:
+            raise
+        hint = ", or turn on skip_faceless to leave such photos out of the batch" if n > 1 and not skip_faceless else ""
+        raise NoFaceError(f"image {e.image_index}: {guard.tiny[e.image_index]} is too small to find a face in "
+                          f"(under {MIN_SIDE} px on a side). Use a photo where the face is at least about 100 px "
+                          f"wide{hint}", e.image_index) from None
+    crops = aligned.crops
+    total = n + len(crops)
+    features = []
+    for start in range(0, len(crops), chunk):
+        if progress is not None:
+            progress(n + start, total)
+        features.append(encoder.features(crops[start:start + chunk]))
+    if progress is not None:
+        progress(total, total)
+    features = torch.cat(features)
+    check_finite(features, "the MSID identity vectors",
+                 "The msid weights give broken numbers for these photos: load the official msid.pt (in float32 "
+                 "if it runs in float16 on this device).")
+    return Identity(features, aligned)

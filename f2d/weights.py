@@ -125,13 +125,27 @@ def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
     except Exception as e:  # pickle.UnpicklingError and friends from the weights-only unpickler
         # torch's own text advises weights_only=False, exactly what must not be done with a
         # stranger's file; keep only the line that names the offending object.
-        detail = next((ln.strip() for ln in str(e).splitlines() if "global" in ln.lower()), type(e).__name__)
+        detail = next((ln.strip() for ln in str(e).splitlines() if "global" in ln.lower()), None)
+        if detail is None and not _starts_like_a_pickle(path):
+            raise WeightsError(
+                f"{path}: not a weight file -- its bytes are neither a PyTorch checkpoint (zip or pickle) nor "
+                ".safetensors (damaged, or another kind of file saved under this name). Put the official "
+                "msid.pt / mapping.pt there (see the README, 'Weights'), downloading them again if needed."
+            ) from None
         raise WeightsError(
-            f"{path}: refused. The file contains Python objects other than tensors, which could run "
-            f"code when loaded, so it was not loaded ({detail[:200]}). "
+            f"{path}: refused. The file is a Python pickle holding objects other than tensors, which could run "
+            f"code when loaded, so it was not loaded ({(detail or type(e).__name__)[:200]}). "
             "Use the official msid.pt / mapping.pt (plain state dicts) or a .safetensors file."
         ) from None
     return _unwrap(obj, path), {}
+
+
+def _starts_like_a_pickle(path: Path) -> bool:
+    """Pickle protocol 2+ opens with PROTO (0x80) and the protocol number; torch's legacy
+    (non-zip) format is such a pickle too."""
+    with open(path, "rb") as f:
+        head = f.read(2)
+    return len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5
 
 
 def check_state_dict(

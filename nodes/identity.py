@@ -12,8 +12,9 @@ import torch
 from comfy_api.latest import io, ui
 
 from ..f2d.detect import BACKENDS, LandmarksDetector, get_detector
-from ..f2d.identity import Identity, encode_photos
-from ..f2d.identity_file import load_identity, save_identity
+from ..f2d.expression import parse_expression
+from ..f2d.identity import Identity, IdentityTokens, check_tokens, encode_photos
+from ..f2d.identity_file import IdentityFileError, load_identity, save_identity
 from ..f2d.mapping import EXPRESSION_DIM
 from . import paths
 from .types import (
@@ -23,6 +24,7 @@ from .types import (
     F2DIdTokens,
     F2DIdTokensIO,
     F2DModelIO,
+    unknown_choice,
 )
 
 FACE_CHOICES = ["largest"] + [str(i) for i in range(10)]
@@ -98,16 +100,30 @@ class F2DEncodeIdentity(io.ComfyNode):
             ],
         )
 
+    # One input only: ComfyUI 0.3.75 repeats a validate_inputs message once per input it names.
+    # An unknown detector is refused with the same message as the run starts (below).
+    @classmethod
+    def validate_inputs(cls, face) -> bool | str:
+        return unknown_choice("face", face, FACE_CHOICES) or True
+
     @classmethod
     def execute(cls, f2d_model, image, detector, face, skip_faceless, pose_keypoint=None,
                 face_points=None) -> io.NodeOutput:
+        problem = unknown_choice("detector", detector, BACKENDS) or unknown_choice("face", face, FACE_CHOICES)
+        if problem:
+            raise ValueError(problem)
+        pbar = comfy.utils.ProgressBar(2 * len(image))
+
+        def progress(done, total):
+            # Between photos and between encoder chunks: where a big batch stops on Cancel.
+            mm.throw_exception_if_processing_interrupted()
+            pbar.update_absolute(done, total)
+
         given = pose_keypoint if pose_keypoint is not None else face_points or None
         with face_detector(detector) if given is None else nullcontext(LandmarksDetector(given)) as det:
             mm.load_model_gpu(f2d_model.patcher)
-            pbar = comfy.utils.ProgressBar(len(image))
             identity = encode_photos(f2d_model.encoder, det, comfy_images(image), face=face,
-                                     skip_faceless=skip_faceless, progress=lambda i, n: pbar.update_absolute(i, n))
-            pbar.update_absolute(len(image), len(image))
+                                     skip_faceless=skip_faceless, progress=progress)
         crops = torch.from_numpy(np.ascontiguousarray(identity.faces.crops)).float() / 255.0
         # Shown on the node: the crops used, and which face of each photo (web/js reads f2d_faces).
         shown = ui.PreviewImage(crops, cls=cls).as_dict()
@@ -147,7 +163,9 @@ class F2DExpressionGuidance(io.ComfyNode):
         use_null = None
         if expression is not None:
             use_null = torch.full((mean.shape[0],), 1.0 - strength)
-        tokens = enc.tokens(mean, exp=expression, use_null=use_null)
+        tokens = check_tokens(enc.tokens(mean, exp=expression, use_null=use_null), "the identity tokens",
+                              "The mapping network gave broken numbers: check the expression values (or leave the "
+                              "expression unconnected) and the mapping weights in F2D Load MSID.")
         info = {"msid": f2d_model.msid_name, "mapping": f2d_model.mapping_name, "photos": int(identity.features.shape[0]),
                 "expression": "unconditional" if expression is None else f"explicit, strength {strength:g}"}
         return io.NodeOutput(F2DIdTokens(tokens, mean.cpu(), info))
@@ -169,26 +187,17 @@ class F2DExpressionVector(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, values) -> bool | str:
+        if values is None:  # fed by a link: checked when it arrives
+            return True
         try:
-            _parse_expression(values)
+            parse_expression(values)
         except ValueError as e:
             return str(e)
         return True
 
     @classmethod
     def execute(cls, values) -> io.NodeOutput:
-        return io.NodeOutput(_parse_expression(values))
-
-
-def _parse_expression(text: str) -> torch.Tensor:
-    parts = text.replace(",", " ").split()
-    try:
-        numbers = [float(p) for p in parts]
-    except ValueError as e:
-        raise ValueError(f"expression values must be numbers ({e})") from None
-    if len(numbers) != EXPRESSION_DIM or not all(np.isfinite(numbers)):
-        raise ValueError(f"the expression needs exactly {EXPRESSION_DIM} finite numbers; got {len(numbers)}")
-    return torch.tensor(numbers, dtype=torch.float32)[None]
+        return io.NodeOutput(parse_expression(values))
 
 
 class F2DSaveIdentity(io.ComfyNode):
@@ -202,25 +211,62 @@ class F2DSaveIdentity(io.ComfyNode):
                          f"models/{paths.FOLDER}/{paths.IDENTITIES}, to reuse with F2D Load Identity."),
             inputs=[
                 F2DIdTokensIO.Input("id_tokens", tooltip="From F2D Expression Guidance."),
-                io.String.Input("name", default="person", tooltip="File name; an existing file is never overwritten "
-                                                                  "(a number is appended)."),
+                io.String.Input("name", default="person",
+                                tooltip="File name; an existing file is never overwritten (a number is appended). "
+                                        "Saving the same identity again under its name writes nothing new."),
             ],
             outputs=[F2DIdTokensIO.Output("saved_tokens", tooltip="The same tokens, passed through.")],
             is_output_node=True,
+            not_idempotent=True,
         )
 
     @classmethod
     def validate_inputs(cls, name) -> bool | str:
-        clean = os.path.basename(name.strip())
-        if not clean or clean != name.strip() or clean.startswith("."):
-            return f"name '{name}' must be a plain file name (no folders), e.g. 'alice'"
-        return True
+        if name is None:  # fed by a link: checked when it arrives
+            return True
+        problem = paths.identity_name_problem(name)
+        return f"name: {problem}" if problem else True
+
+    @classmethod
+    def fingerprint_inputs(cls, name=None, **_) -> object:
+        """ComfyUI reuses its cached result only while this value stays the same. Nothing saved
+        under the name: always run (NaN equals nothing), so a deleted file is written again.
+        Files there: their names, sizes and times, so the cached message stays true while they do."""
+        if name is None or paths.identity_name_problem(name):
+            return float("nan")
+        state = paths.identity_name_state(name.strip())
+        return state if state[1] else float("nan")
 
     @classmethod
     def execute(cls, id_tokens: F2DIdTokens, name) -> io.NodeOutput:
-        path = paths.new_identity_path(name.strip())
-        save_identity(path, id_tokens.tokens, id_tokens.identity, {**id_tokens.info, "name": name.strip()})
-        return io.NodeOutput(id_tokens, ui={"text": [f"saved {os.path.basename(path)}"]})
+        problem = paths.identity_name_problem(name)
+        if problem:
+            raise ValueError(f"F2D Save Identity: name: {problem}")
+        name = name.strip()
+        folder = paths.identities_folder()
+        same = next((f for f in paths.identity_name_files(name) if _holds(os.path.join(folder, f), id_tokens)), None)
+        if same is not None:
+            text = f"already saved: this identity is {same} in {folder}"
+        else:
+            path = save_identity(paths.new_identity_path(name), id_tokens.tokens, id_tokens.identity,
+                                 {**id_tokens.info, "name": name})
+            text = f"saved {path.name} in {folder}"
+        return io.NodeOutput(id_tokens, ui={"text": [text]})
+
+
+def _holds(path: str, id_tokens: F2DIdTokens) -> bool:
+    """Whether the identity file at ``path`` holds exactly these tokens (and identity vector)."""
+    try:
+        tokens, identity, _ = load_identity(path)
+    except (IdentityFileError, OSError):
+        return False
+    mine: IdentityTokens = id_tokens.tokens
+
+    def same(a, b):
+        return (a is None) == (b is None) and (a is None or torch.equal(a.float().cpu().reshape(-1),
+                                                                         b.float().cpu().reshape(-1)))
+
+    return same(tokens.first, mine.first) and same(tokens.last, mine.last) and same(identity, id_tokens.identity)
 
 
 class F2DLoadIdentity(io.ComfyNode):

@@ -9,7 +9,7 @@ from comfy_api.latest import io
 from ..f2d.detect import BACKENDS
 from ..f2d.likeness import best_of, rank, score_images, with_text_scores
 from .identity import comfy_images, face_detector
-from .types import CATEGORY, F2DIdentityIO, F2DIdTokensIO, F2DModelIO
+from .types import CATEGORY, F2DIdentityIO, F2DIdTokensIO, F2DModelIO, unknown_choice
 
 
 def _reference(identity, id_tokens) -> torch.Tensor:
@@ -92,6 +92,10 @@ class F2DIdentitySimilarity(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, detector) -> bool | str:
+        return unknown_choice("detector", detector, BACKENDS) or True
+
+    @classmethod
     def execute(cls, f2d_model, images, detector, identity=None, id_tokens=None) -> io.NodeOutput:
         scores = _score(f2d_model, images, detector, identity, id_tokens)
         text = _describe(scores)
@@ -126,6 +130,10 @@ class F2DBestOfN(io.ComfyNode):
                      io.String.Output("report", tooltip="The ranking as text.")],
             is_output_node=True,
         )
+
+    @classmethod
+    def validate_inputs(cls, detector) -> bool | str:
+        return unknown_choice("detector", detector, BACKENDS) or True
 
     @classmethod
     def execute(cls, f2d_model, images, detector, keep, identity=None, id_tokens=None, clip_vision=None, clip=None,

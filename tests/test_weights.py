@@ -105,6 +105,30 @@ def test_pickle_that_would_run_code_is_refused_without_running(tmp_path):
     assert not marker.exists(), "loading executed code from the pickle"
 
 
+def test_raw_pickle_that_would_run_code_is_refused_without_running(tmp_path):
+    import pickle
+
+    marker = tmp_path / "pwned"
+    path = tmp_path / "msid.pt"
+    path.write_bytes(pickle.dumps(_Exploit(marker), protocol=4))
+    with pytest.raises(WeightsError) as e:
+        load_msid(path)
+    assert "refused" in str(e.value) and "could run code" in str(e.value)
+    assert not marker.exists(), "loading executed code from the pickle"
+
+
+@pytest.mark.parametrize("content", [bytes(range(256)) * 16, b"hello, this is a text file\n" * 10],
+                         ids=["random_bytes", "text"])
+def test_a_file_that_is_no_checkpoint_is_not_called_dangerous(tmp_path, content):
+    path = tmp_path / "msid.pt"
+    path.write_bytes(content)
+    with pytest.raises(WeightsError) as e:
+        load_msid(path)
+    msg = str(e.value)
+    assert str(path) in msg and "not a weight file" in msg and "README" in msg
+    assert "run code" not in msg and "refused" not in msg
+
+
 @pytest.mark.parametrize("fmt", ["pt", "safetensors"])
 def test_truncated_file(tmp_path, weight_files, fmt):
     data = weight_files["msid", fmt].read_bytes()

@@ -235,7 +235,7 @@ def test_load_encode_and_expression_nodes(f2d_nodes, host_base, reference, fixtu
     assert (full.tokens.last - reference["mapping.last.with_exp"]).abs().max() <= ATOL
     off = f2d_nodes.F2DExpressionGuidance.execute(model, fixture_identity, 0.0, exp).args[0]
     assert (off.tokens.first - reference["mapping.first.null_exp"]).abs().max() <= ATOL
-    assert "64 finite numbers; got 3" in f2d_nodes.F2DExpressionVector.validate_inputs("1, 2, 3")
+    assert "exactly 64 numbers, got 3" in f2d_nodes.F2DExpressionVector.validate_inputs("1, 2, 3")
 
 
 def test_encode_identity_without_a_face_names_the_photo(f2d_nodes):
@@ -249,10 +249,15 @@ def test_encode_identity_without_a_face_names_the_photo(f2d_nodes):
 
 
 def test_save_and_load_identity(f2d_nodes, reference_tokens, reference):
+    folder = f2d_nodes.paths.identities_folder()
     saved = f2d_nodes.F2DSaveIdentity.execute(reference_tokens, "alice")
-    assert saved.ui["text"] == ["saved alice.safetensors"]
+    assert saved.ui["text"] == [f"saved alice.safetensors in {folder}"]
     again = f2d_nodes.F2DSaveIdentity.execute(reference_tokens, "alice")
-    assert again.ui["text"] == ["saved alice_1.safetensors"]  # never overwrites
+    assert again.ui["text"] == [f"already saved: this identity is alice.safetensors in {folder}"]
+    other = type(reference_tokens)(type(reference_tokens.tokens)(reference_tokens.tokens.first + 1,
+                                                                 reference_tokens.tokens.last))
+    assert f2d_nodes.F2DSaveIdentity.execute(other, "alice").ui["text"] == [
+        f"saved alice_1.safetensors in {folder}"]  # never overwrites
     assert "alice.safetensors" in f2d_nodes.paths.identity_files()
     assert "alice.safetensors" not in f2d_nodes.paths.model_files()  # not offered as weights
     loaded = f2d_nodes.F2DLoadIdentity.execute("alice.safetensors").args[0]

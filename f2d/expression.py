@@ -1,0 +1,54 @@
+"""Expression vectors typed in by people: 64 numbers, checked where they enter.
+
+The mapping network was trained on the expression coefficients of a 3D face model, which stay
+within a few units of zero. Values far outside that range (1e30) or values that only look finite
+as Python floats (1e39 is inf in float32) turn the identity tokens into inf/NaN and the picture
+black, so they are refused here with the position and text of each offending number.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .mapping import EXPRESSION_DIM
+
+# 3DMM expression coefficients lie within about +-5; 100 leaves room for exaggeration while a
+# typo (1e30, an extra digit run) is caught before it reaches the network.
+MAX_ABS = 100.0
+
+
+class ExpressionError(ValueError):
+    """An expression text that is not 64 sensible numbers; the message names each bad number."""
+
+    __module__ = "f2d.expression"
+
+
+def parse_expression(text: str, dim: int = EXPRESSION_DIM, max_abs: float = MAX_ABS) -> torch.Tensor:
+    """``"0.1, -0.3 ..."`` -> a ``(1, dim)`` float32 tensor, or ExpressionError naming every problem."""
+    parts = text.replace(",", " ").split()
+    bad, numbers = [], []
+    for i, p in enumerate(parts):
+        try:
+            x = float(p)
+        except ValueError:
+            bad.append(f"#{i + 1} '{p[:20]}' is not a number")
+            continue
+        if not math.isfinite(x):
+            bad.append(f"#{i + 1} '{p[:20]}' is not a finite number")
+        elif abs(x) > max_abs:
+            bad.append(f"#{i + 1} '{p[:20]}' is outside -{max_abs:g}..{max_abs:g}")
+        numbers.append(x)
+    problems = []
+    if len(parts) != dim:
+        problems.append(f"it needs exactly {dim} numbers, got {len(parts)}")
+    if bad:
+        more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
+        problems.append("; ".join(bad[:5]) + more)
+    if problems:
+        raise ExpressionError(
+            f"expression values: {'; '.join(problems)}. Type {dim} numbers between -{max_abs:g} and {max_abs:g} "
+            "separated by commas or spaces (expression coefficients are usually within -5..5), or leave the "
+            "expression input unconnected for the unconditional expression."
+        )
+    return torch.tensor(numbers, dtype=torch.float32)[None]  # max_abs keeps every value finite in float32
