@@ -169,15 +169,18 @@ class F2DSampler(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, sampler_name, scheduler) -> bool | str:
-        # ComfyUI 0.3.75 does not check V3 combo values: an API prompt's unknown sampler would run
-        # with a silent substitute. (The identifier is checked at run time: see _validate_identifier.)
-        return (unknown_choice("sampler_name", sampler_name, comfy.samplers.KSampler.SAMPLERS)
-                or unknown_choice("scheduler", scheduler, comfy.samplers.KSampler.SCHEDULERS) or True)
+    def validate_inputs(cls, sampler_name) -> bool | str:
+        # ComfyUI 0.3.75 does not check V3 combo values (an API prompt's unknown sampler would run
+        # with a silent substitute), and repeats a validate_inputs message once per input the
+        # method takes: one input here, the scheduler and the identifier when the run starts.
+        return unknown_choice("sampler_name", sampler_name, comfy.samplers.KSampler.SAMPLERS) or True
 
     @classmethod
     def execute(cls, model, clip, id_tokens, text, negative, latent_image, seed, steps, cfg, sampler_name,
                 scheduler, denoise, identifier, identity_start, identity_end) -> io.NodeOutput:
+        problem = unknown_choice("scheduler", scheduler, comfy.samplers.KSampler.SCHEDULERS)
+        if problem:
+            raise ValueError(problem)
         positive = identity_schedule(clip, text, id_tokens, identifier, identity_start, identity_end)
         negative_cond = clip.encode_from_tokens_scheduled(clip.tokenize(negative))
         # The host's own KSampler path (noise, latent channels, masks, previews, progress and

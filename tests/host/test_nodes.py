@@ -173,12 +173,15 @@ def test_validation_reports_each_problem_once_naming_input_and_value(f2d_nodes):
     assert list(inspect.signature(text_encode.validate_inputs).parameters) == ["identifier"]
     assert "two words" in text_encode.validate_inputs("sks")
     assert text_encode.validate_inputs("f l") is True and text_encode.validate_inputs(None) is True
-    assert list(inspect.signature(sampler.validate_inputs).parameters) == ["sampler_name", "scheduler"]
-    assert sampler.validate_inputs("euler_ancestral", "normal") is True
-    msg = sampler.validate_inputs("euler_fancy", "normal")
+    assert list(inspect.signature(sampler.validate_inputs).parameters) == ["sampler_name"]
+    assert sampler.validate_inputs("euler_ancestral") is True
+    msg = sampler.validate_inputs("euler_fancy")
     assert msg.startswith("sampler_name: 'euler_fancy' is not one of the choices") and "pick one" in msg
-    assert sampler.validate_inputs("euler", "sometimes").startswith("scheduler: 'sometimes' is not one of")
-    assert sampler.validate_inputs(None, None) is True  # fed by links: checked when they arrive
+    assert sampler.validate_inputs(None) is True  # fed by a link: checked when it arrives
+    # The scheduler is checked as the run starts, before anything is encoded or sampled.
+    with pytest.raises(ValueError, match="scheduler: 'sometimes' is not one of the choices"):
+        sampler.execute(None, None, None, "a photo of f l", "", {}, 0, 1, 7.0, "euler", "sometimes", 1.0,
+                        "f l", 0.0, 1.0)
 
 
 def test_sampler_refuses_a_bad_identifier_once_at_run_time(f2d_nodes, clip32, reference_tokens):

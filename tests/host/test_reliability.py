@@ -355,8 +355,17 @@ def test_identifier_in_the_third_chunk_gives_an_image_with_the_identity(server):
     assert np.abs(a - b).max() > 0
 
 
-def test_one_word_identifier_is_refused_once(server):  # depends on issue 15 (reported once)
+def test_one_word_identifier_is_reported_once(server):
+    # F2D Sampler checks its identifier when the run starts (its validate_inputs is the sampler's:
+    # ComfyUI 0.3.75 repeats a validation message once per input the method takes).
     r = run(server, generate(identifier="ff"))
+    assert_says(r, "error", "identifier", "two words", "'f l'", once="two words")
+
+
+def test_one_word_identifier_is_refused_once_by_text_encode(server):
+    api = light()
+    api["2"]["inputs"]["identifier"] = "ff"
+    r = run(server, api)
     assert_says(r, "refused", "identifier", "two words", "'f l'", once="two words")
 
 
@@ -367,19 +376,23 @@ def test_identifier_of_long_words_is_refused_once(server):
     assert_says(r, r.kind, "supercalifragilistic expialidocious", "single-token words", "'f l'", once="tokens for")
 
 
-@pytest.mark.parametrize("start,end,name,once", [(0.8, 0.2, "identity_start", "must be below"),
-                                                 (1.5, 1.0, "identity_start", "within 0..1"),
-                                                 (0.0, -0.5, "identity_end", "within 0..1")])
-def test_identity_window_out_of_range_is_refused_once(server, start, end, name, once):  # depends on issue 15
+@pytest.mark.parametrize("start,end,kind,needles", [
+    (0.8, 0.2, "error", ("identity_start (0.8) must be below identity_end (0.2)", "lower identity_start")),
+    (1.5, 1.0, "refused", ("1.5 bigger than max of 1.0", "identity_start")),
+    (0.0, -0.5, "refused", ("-0.5 smaller than min of 0.0", "identity_end"))])
+def test_identity_window_out_of_range_is_reported_once(server, start, end, kind, needles):
     r = run(server, generate(identity_start=start, identity_end=end))
-    assert_says(r, "refused", name, once, once=once)
+    assert_says(r, kind, *needles, once=needles[0])
 
 
-@pytest.mark.parametrize("sampler", [{"sampler_name": "euler_fast"}, {"scheduler": "sometimes"}])
-def test_unknown_sampler_or_scheduler_is_refused(server, sampler):  # depends on issue 15
+@pytest.mark.parametrize("sampler,kind", [({"sampler_name": "euler_fast"}, "refused"), ({"scheduler": "sometimes"}, "error")])
+def test_unknown_sampler_or_scheduler_is_refused(server, sampler, kind):
+    # sampler_name before the run (HTTP 400), the scheduler as the run starts, before any work:
+    # either way once, naming the input, the value and the choices, and nothing is sampled.
     (name, value), = sampler.items()
     r = run(server, generate(**sampler))
-    assert_says(r, "refused", f"{name}: '{value}' is not one of the choices", once="is not one of the choices")
+    assert_says(r, kind, f"{name}: '{value}' is not one of the choices", "pick one from the list",
+                once="is not one of the choices")
 
 
 # ---------------------------------------------------------------- weights
