@@ -22,6 +22,7 @@ bench: setup
 	$(PY) bench/encode.py
 	$(PY) bench/detect.py
 	$(PY) bench/sampling.py
+	$(PY) bench/reliability.py
 
 clean:
 	rm -rf .venv .comfy .comfy-tree
