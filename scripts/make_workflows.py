@@ -377,7 +377,12 @@ def _height(cls: str, specs, info: dict) -> int:
     sockets = max(len(specs) - len(widgets), len(info["output"]))
     multiline = sum(1 for sp in widgets if len(sp) > 1 and isinstance(sp[1], dict) and sp[1].get("multiline"))
     h = 40 + 22 * sockets + 26 * len(widgets) + 80 * multiline
-    return h + (280 if cls in ("LoadImage", "SaveImage") else 0)
+    return h + (280 if cls in ("LoadImage", "SaveImage") else 0) + PACK_UI_HEIGHT.get(cls, 0)
+
+
+# What web/js/face2diffusion.js adds below these nodes: its note panel (two or three 16 px lines
+# with margins) and, on the prompt nodes, the "insert identifier" button.
+PACK_UI_HEIGHT = {"F2DLoadMSID": 70, "F2DEncodeIdentity": 70, "F2DTextEncode": 60, "F2DSampler": 60}
 
 
 def _note_height(text: str) -> int:

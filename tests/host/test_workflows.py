@@ -63,7 +63,7 @@ def write_identity_sensitive_mapping(path: Path, photos: list[Path]) -> Path:
     identity on the example photos' mean and amplifies it: tokens differ between the photos by
     ~0.1 per dimension, several times a CLIP word embedding's spread."""
     from f2d.detect import MediaPipeDetector
-    from f2d.formula import formula_state_dict
+    from f2d_testkit import formula_state_dict
     from f2d.identity import IdentityEncoder, encode_photos
     from f2d.mapping import MappingNetwork
     from f2d.msid import FEATURE_DIM, MSIDEncoder
