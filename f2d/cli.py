@@ -61,7 +61,9 @@ def _identity_tokens(args: argparse.Namespace):
     device, _ = pick_device(args.device)
     encoder = IdentityEncoder.for_device(args.msid, args.mapping, device, args.precision)
     with open_detector(args.detector, args.insightface_root) as detector:
-        identity = encode_photos(encoder, detector, photos, face=args.face)
+        identity = encode_photos(encoder, detector, photos, face=args.face, skip_faceless=args.skip_faceless)
+    for line in identity.faces.describe():  # which face of each photo, which detector, warnings
+        print(line, file=sys.stderr)
     tokens = encoder.tokens(identity.mean)
     info = {"msid": Path(args.msid).name, "mapping": Path(args.mapping).name, "photos": len(photos),
             "expression": "unconditional", "precision": encoder.precision}
@@ -141,6 +143,8 @@ def _person_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--insightface-root", action="append", default=[], metavar="DIR",
                    help="folder holding models/<pack>/*.onnx (antelopev2 or buffalo_l)")
     p.add_argument("--face", default="largest", help="'largest' or the n-th face from the left (0 = leftmost)")
+    p.add_argument("--skip-faceless", dest="skip_faceless", action="store_true",
+                   help="leave photos without a face out (with a warning) instead of stopping")
     p.add_argument("--device", default="auto", help="auto, cuda, mps or cpu (fp16 on GPUs)")
     p.add_argument("--precision", default="auto", choices=list(PRECISIONS),
                    help="the MSID's attention/MLP precision; auto: bf16 on CPUs with AVX512-BF16/AMX, "

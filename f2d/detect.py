@@ -165,6 +165,14 @@ class LandmarksDetector:
                 "give one set of points per image", index)
         h, w = np.asarray(image).shape[:2]
         points = [as_five_points(p) for p in self.given[index].in_pixels(w, h)]
+        for k, p in enumerate(points):
+            # A face whose eyes lie off the photo would align to an empty (black) crop.
+            eyes = p[:2]
+            if not ((eyes >= -0.1 * np.array([w, h])) & (eyes <= 1.1 * np.array([w, h]))).all():
+                raise NoFaceError(
+                    f"image {index}: the given points of face {k} put its eyes at "
+                    f"{np.round(eyes).astype(int).tolist()}, outside the {w}x{h} px photo; give points in "
+                    "this photo's pixels (or 0..1 of its size)", index)
         return [Face(box=_box_from_points(p), points=p) for p in points]
 
 

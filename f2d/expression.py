@@ -26,7 +26,8 @@ class ExpressionError(ValueError):
 
 def parse_expression(text: str, dim: int = EXPRESSION_DIM, max_abs: float = MAX_ABS) -> torch.Tensor:
     """``"0.1, -0.3 ..."`` -> a ``(1, dim)`` float32 tensor, or ExpressionError naming every problem."""
-    parts = text.replace(",", " ").split()
+    # A pasted list ("[0.1, -0.3, ...]") reads the same as the bare numbers.
+    parts = text.strip().removeprefix("[").removesuffix("]").replace(",", " ").split()
     bad, numbers = [], []
     for i, p in enumerate(parts):
         try:

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import importlib
+import math
 
 import comfy.samplers
 import node_helpers
+import torch
 from comfy_api.latest import io
 
 from ..f2d.tokens import (
@@ -60,13 +62,24 @@ def encode_identity_prompt(clip, text: str, id_tokens: F2DIdTokens, identifier: 
     return clip.encode_from_tokens_scheduled(identity_tokens_for(clip, text, id_tokens, identifier))
 
 
+def _finite(cond: list, text: str) -> list:
+    """The conditioning, unless it holds NaN/inf (which sample to a black image), e.g. from a prompt
+    weight such as '(f l:1e309)' or broken identity tokens."""
+    if all(torch.isfinite(c[0]).all() for c in cond):
+        return cond
+    shown = text if len(text) <= 200 else text[:200] + "..."
+    raise ValueError(f"the prompt's conditioning holds NaN or infinite values, which would give a black image: "
+                     f"\"{shown}\". Use prompt weights such as (f l:1.2), between 0 and about 2, and check that "
+                     "the identity tokens come from F2D Expression Guidance or a saved identity.")
+
+
 def identity_schedule(clip, text: str, id_tokens: F2DIdTokens, identifier: str, start: float, end: float) -> list:
     """Identity prompt between ``start`` and ``end`` (fractions of sampling), the class prompt
     ("a person" for the identifier) elsewhere: delayed subject conditioning."""
     if not 0.0 <= start < end <= 1.0:
         raise ValueError(f"identity_start ({start}) must be below identity_end ({end}), both within 0..1: "
                          "lower identity_start or raise identity_end (0 and 1: the identity throughout)")
-    with_id = encode_identity_prompt(clip, text, id_tokens, identifier)
+    with_id = _finite(encode_identity_prompt(clip, text, id_tokens, identifier), text)
     if start == 0.0 and end == 1.0:
         return with_id
     plain = clip.encode_from_tokens_scheduled(clip.tokenize(class_prompt(text, identifier)))
@@ -181,8 +194,12 @@ class F2DSampler(io.ComfyNode):
         problem = unknown_choice("scheduler", scheduler, comfy.samplers.KSampler.SCHEDULERS)
         if problem:
             raise ValueError(problem)
+        for name, value in (("cfg", cfg), ("denoise", denoise)):
+            if not math.isfinite(value):  # API prompts can send "nan", which passes the host's min/max
+                raise ValueError(f"{name} is {value}, not a number: set {name} to a finite value "
+                                 f"({'7 is the official default' if name == 'cfg' else '1 for text-to-image'})")
         positive = identity_schedule(clip, text, id_tokens, identifier, identity_start, identity_end)
-        negative_cond = clip.encode_from_tokens_scheduled(clip.tokenize(negative))
+        negative_cond = _finite(clip.encode_from_tokens_scheduled(clip.tokenize(negative)), negative)
         # The host's own KSampler path (noise, latent channels, masks, previews, progress and
         # interrupt), so the node follows the host wherever it changes.
         common_ksampler = importlib.import_module("nodes").common_ksampler

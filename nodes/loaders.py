@@ -18,6 +18,13 @@ def _default(files: list[str], stem: str) -> str | None:
     return next((f for f in files if os.path.splitext(os.path.basename(f))[0] == stem), files[0] if files else None)
 
 
+def _missing(role: str, name: str | None) -> str | None:
+    if name is None or name in paths.model_files():
+        return None
+    return (f"{role}: '{name}' is not in the face2diffusion model folder ({paths.searched_folders()}). "
+            "Put msid.pt and mapping.pt there (see the README, 'Weights') and press R to refresh.")
+
+
 class F2DLoadMSID(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -45,18 +52,16 @@ class F2DLoadMSID(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, msid: str, mapping: str) -> bool | str:
-        files = set(paths.model_files())
-        for role, name in (("msid", msid), ("mapping", mapping)):
-            if name not in files:
-                return (
-                    f"{role}: '{name}' is not in the face2diffusion model folder ({paths.searched_folders()}). "
-                    "Put msid.pt and mapping.pt there (see the README, 'Weights') and press R to refresh."
-                )
-        return True
+    def validate_inputs(cls, msid: str) -> bool | str:
+        # One input only: ComfyUI 0.3.75 repeats a validation message once per input the method
+        # takes. The mapping file is checked the same way as the run starts.
+        return _missing("msid", msid) or True
 
     @classmethod
     def execute(cls, msid: str, mapping: str) -> io.NodeOutput:
+        problem = _missing("mapping", mapping)
+        if problem:
+            raise FileNotFoundError(problem)
         try:
             encoder = IdentityEncoder.from_files(paths.full_path(msid), paths.full_path(mapping))
         except WeightsError as e:

@@ -4,7 +4,7 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from ..f2d.identity import Identity
-from ..f2d.mix import mix_identities, normalised_weights
+from ..f2d.mix import mix_identities
 from .types import CATEGORY, F2DIdentityIO
 
 SLOTS = 4
@@ -37,17 +37,6 @@ class F2DMixIdentities(io.ComfyNode):
             inputs=inputs,
             outputs=[F2DIdentityIO.Output("identity", tooltip="The mixed identity, for F2D Expression Guidance.")],
         )
-
-    @classmethod
-    def validate_inputs(cls, **kwargs) -> bool | str:
-        weights = [kwargs.get(f"weight_{i}") for i in range(1, SLOTS + 1)]
-        if any(w is None for w in weights[:REQUIRED]):  # fed by links: checked when they arrive
-            return True
-        try:
-            normalised_weights([w or 0.0 for w in weights])
-        except ValueError as e:
-            return str(e)
-        return True
 
     @classmethod
     def execute(cls, identity_1, weight_1, identity_2, weight_2, **optional) -> io.NodeOutput:

@@ -332,8 +332,9 @@ def note_markdown(w: Workflow) -> str:
         lines.append(f"- **{f['name']}** -> `ComfyUI/models/{f['directory']}/`: {f['what']}. "
                      f"[Where to get it]({f['page']})" + (f" ([file]({f['url']}))" if f["url"] != f["page"] else ""))
     if any(k in w.files for k in ("msid", "mapping")):
-        lines.append("- Face detector: nothing to download (mediapipe comes with the pack); insightface "
-                     "**antelopev2** or **buffalo_l** in `ComfyUI/models/insightface/models/` are used when present.")
+        lines.append("- Face detector: the pack's MTCNN, set up once by the pack's `install.py` (ComfyUI-Manager runs "
+                     "it; nothing is downloaded while ComfyUI runs); insightface **antelopev2** or **buffalo_l** in "
+                     "`ComfyUI/models/insightface/models/` are used when present.")
     for p in w.photos:
         who = "NASA portrait, public domain" if p.startswith("astronaut") else "the scikit-image 'camera' photo, CC0"
         lines.append(f"- **{p}** -> `ComfyUI/input/` ({who}; ships in the pack's `workflows/` folder), or "
@@ -358,6 +359,8 @@ def to_api(w: Workflow) -> dict:
 
 def _is_widget(spec) -> bool:
     kind = spec[0]
+    if len(spec) > 1 and isinstance(spec[1], dict) and spec[1].get("forceInput"):
+        return False  # a socket only (e.g. F2D Encode Identity's face_points): no widget, no saved value
     return isinstance(kind, list) or kind in WIDGET_TYPES
 
 
@@ -381,8 +384,9 @@ def _height(cls: str, specs, info: dict) -> int:
 
 
 # What web/js/face2diffusion.js adds below these nodes: its note panel (two or three 16 px lines
-# with margins) and, on the prompt nodes, the "insert identifier" button.
-PACK_UI_HEIGHT = {"F2DLoadMSID": 70, "F2DEncodeIdentity": 70, "F2DTextEncode": 60, "F2DSampler": 60}
+# with margins) and, on the prompt nodes, the "insert identifier" button. F2D Encode Identity also
+# shows the aligned crops after a run: room for them, so it does not grow over the node below.
+PACK_UI_HEIGHT = {"F2DLoadMSID": 70, "F2DEncodeIdentity": 70 + 150, "F2DTextEncode": 60, "F2DSampler": 60}
 
 
 def _note_height(text: str) -> int:

@@ -117,3 +117,10 @@ def test_photo_too_small_for_a_face_is_named(encoder, detector, photos):
     assert "skip_faceless" in str(e.value)
     kept = encode_photos(encoder, detector, [photos[0], tiny], skip_faceless=True)
     assert kept.features.shape[0] == 1 and kept.faces.skipped == [1]
+
+
+def test_a_pasted_list_of_expression_numbers_reads_like_the_bare_numbers():
+    from f2d.expression import parse_expression
+
+    bare = parse_expression(" ".join(["0.25"] * 64))
+    assert torch.equal(parse_expression("[" + ", ".join(["0.25"] * 64) + "]"), bare)

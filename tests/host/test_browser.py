@@ -12,7 +12,9 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from f2d_testkit import (
     NEW_FRONTEND,
@@ -369,6 +371,18 @@ def test_run_shows_image_and_chosen_face(page):
     while not set((page.server.base / "output").glob("f2d_basic_*.png")) - before and time.monotonic() < deadline:
         time.sleep(0.25)
     assert set((page.server.base / "output").glob("f2d_basic_*.png")) - before, "no image saved"
+
+    # A failed run replaces those faces: they must not stay on show as if they were current.
+    Image.fromarray(np.full((96, 96, 3), 128, np.uint8)).save(page.server.base / "input" / "no_face.png")
+    page.page.evaluate("""() => { for (const n of app.graph._nodes) for (const w of n.widgets ?? [])
+                      if (n.type === 'LoadImage' && w.name === 'image') w.value = 'no_face.png'; }""")
+    page.close_toasts()
+    page.page.get_by_role("button", name="Run").first.click()
+    page.show_node(encode)
+    text = page.wait_note(encode, "the last run failed here", "no face found", timeout_s=120)
+    assert "the only face" not in text and page.note(encode).get_attribute("data-state") == "bad"
+    page.shot("run_failed_note")
+    page.page.keyboard.press("Escape")  # the error dialog
 
 
 # --- the identifier rule: the page's check (web/js) against the nodes' rule (f2d/tokens.py) ------

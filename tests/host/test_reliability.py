@@ -651,3 +651,35 @@ def test_interrupt_during_a_240_photo_encode(server):
     r = outcome_of(server, status, body, timeout=120)
     assert r.kind == "interrupted", r.message
     assert "5" not in r.history.get("outputs", {})  # stopped before the preview of the faces
+
+
+# ---------------------------------------------------------------- found by a trial as a new user
+
+@pytest.mark.parametrize("sampler,needles", [
+    ({"text": "a photo of (f l:1e309)"}, ["nan or infinite", "black image", "prompt weights"]),
+    ({"cfg": float("nan")}, ["cfg is nan", "finite value"]),
+    ({"denoise": float("nan")}, ["denoise is nan", "finite value"]),
+])
+def test_values_that_would_sample_a_black_image_are_refused(server, sampler, needles):
+    r = run(server, generate(**sampler))
+    assert_says(r, "error", *needles, once=needles[0])
+    assert r.node_type == "F2DSampler"
+
+
+@pytest.mark.parametrize("points", [[[1e9, 1e9], [2e9, 1e9], [1.5e9, 1.2e9], [1e9, 1.5e9], [2e9, 1.5e9]],
+                                    [[-500, -500], [-400, -500], [-450, -450], [-480, -420], [-420, -420]]])
+def test_given_points_off_the_photo_are_refused(server, points):
+    api = photo_graph()
+    api["4"]["inputs"]["face_points"] = json.dumps(points)
+    r = run(server, api)
+    assert_says(r, "error", "outside the 512x512 px photo", "this photo's pixels", once="outside the")
+
+
+def test_missing_weight_file_is_reported_once(server):
+    for slot in ("msid", "mapping"):
+        api = photo_graph()
+        api["1"]["inputs"][slot] = "nope.pt"
+        r = run(server, api)
+        assert r.kind in ("refused", "error")
+        assert_says(r, r.kind, f"{slot}: 'nope.pt' is not in the face2diffusion model folder", "press R",
+                    once="is not in the face2diffusion model folder")

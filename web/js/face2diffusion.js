@@ -341,6 +341,16 @@ app.registerExtension({
 
   async setup() {
     document.addEventListener("input", onTyping, true);
+    // A failed run must not leave the faces of an earlier one on show as if they were current.
+    api.addEventListener("execution_error", (e) => {
+      const id = String(e.detail?.node_id ?? "");
+      const why = String(e.detail?.exception_message ?? "").split("\n")[0];
+      for (const node of nodesOfType("F2DEncodeIdentity")) {
+        if (String(node.id) !== id) continue;
+        node.f2dFacesNote = null;
+        setNote(node, ["✗ the last run failed here:", why.length > 160 ? why.slice(0, 157) + "..." : why], "bad");
+      }
+    });
     // Files appear and disappear while the page is open: look again now and then.
     setInterval(() => {
       if (nodesOfType("F2DLoadMSID").length) refreshModelFiles();
