@@ -47,8 +47,12 @@ def parse_expression(text: str, dim: int = EXPRESSION_DIM, max_abs: float = MAX_
         more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
         problems.append("; ".join(bad[:5]) + more)
     if problems:
+        # A word such as "happy" is the expression a user wants, said in the wrong place.
+        words = [p for p in parts if p.isalpha() and p.lower() not in ("nan", "inf", "infinity")]
+        hint = (f"Expressions in words ('{words[0][:20]}') go in the prompt instead, e.g. \"f l smiling\" or "
+                "\"f l looking surprised\"; this input takes numbers. ") if words else ""
         raise ExpressionError(
-            f"expression values: {'; '.join(problems)}. Type {dim} numbers between -{max_abs:g} and {max_abs:g} "
+            f"expression values: {'; '.join(problems)}. {hint}Type {dim} numbers between -{max_abs:g} and {max_abs:g} "
             "separated by commas or spaces (expression coefficients are usually within -5..5), or leave the "
             "expression input unconnected for the unconditional expression."
         )

@@ -93,6 +93,70 @@ def find_identifier(chunks: Sequence[Sequence[Any]], ids: tuple[int, int], speci
     return found
 
 
+# English words of one letter: "a man", "I" -- not taken for a second person's identifier.
+ONE_LETTER_WORDS = {"a", "i"}
+TWO_PEOPLE_HINT = ("one F2D Text Encode / F2D Sampler holds one person (its identity tokens); for two people "
+                   "give each their own prompt node with the same identifier and place them with Conditioning "
+                   "Set Area (workflow 09_two_people)")
+
+
+def other_identifiers(words: Sequence[str | None], identifier: str) -> list[str]:
+    """Pairs of one-letter words other than the identifier, side by side ("g m" in "f l and g m"):
+    most likely a second person's identifier, which stays plain text because one prompt node puts
+    one identity into the prompt. ``words`` are the prompt's words in order as the tokenizer splits
+    them (CLIP: letters, a digit, a run of punctuation), ``None`` for anything that is not text.
+    The page's check (web/js/face2diffusion.js, otherIdentifiers) applies the same rule."""
+    ids = check_identifier(identifier).lower().split()
+    w = [x.lower() if x else None for x in words]
+    k = 0
+    while k + 1 < len(w):  # the identifier's own places, as find_identifier pairs them
+        if w[k] == ids[0] and w[k + 1] == ids[1]:
+            w[k] = w[k + 1] = None
+            k += 2
+        else:
+            k += 1
+    single = [x is not None and len(x) == 1 and "a" <= x <= "z" and x not in ONE_LETTER_WORDS for x in w]
+    found = []
+    k = 0
+    while k + 1 < len(w):
+        if single[k] and single[k + 1]:
+            found.append(f"{w[k]} {w[k + 1]}")
+            k += 2
+        else:
+            k += 1
+    return found
+
+
+def words_of(chunks: Sequence[Sequence[Any]], vocab: dict[int, str], special_ids: set[int]) -> list[str | None]:
+    """The words of a token stream for a BPE vocabulary whose word-final pieces end in ``</w>``
+    (CLIP's): pieces joined up to each word end; ``None`` for special tokens and vectors."""
+    words: list[str | None] = []
+    part = ""
+    for chunk in chunks:
+        for t in chunk:
+            i = _token_id(t)
+            piece = None if torch.is_tensor(i) or isinstance(i, dict) or int(i) in special_ids else vocab.get(int(i))
+            if piece is None:
+                if part:
+                    words.append(part)
+                    part = ""
+                words.append(None)
+            elif piece.endswith("</w>"):
+                words.append(part + piece[:-4])
+                part = ""
+            else:
+                part += piece
+    if part:
+        words.append(part)
+    return words
+
+
+def second_identifier_message(pairs: Sequence[str], identifier: str) -> str:
+    shown = ", ".join(f"'{p}'" for p in pairs[:3])
+    return (f"the prompt also holds {shown}, which looks like another person's identifier: it stays plain text "
+            f"and only '{identifier}' gets the identity. {TWO_PEOPLE_HINT}.")
+
+
 def missing_identifier_message(prompt: str, identifier: str) -> str:
     shown = prompt if len(prompt) <= 200 else prompt[:200] + "..."
     return (

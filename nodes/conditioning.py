@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib
+import logging
 import math
 
 import comfy.samplers
@@ -17,8 +18,11 @@ from ..f2d.tokens import (
     class_prompt,
     identity_replacements,
     inject,
+    other_identifiers,
     position_table,
+    second_identifier_message,
     unsupported_streams_message,
+    words_of,
 )
 from .types import CATEGORY, F2DIdTokens, F2DIdTokensIO, unknown_choice
 
@@ -55,6 +59,11 @@ def identity_tokens_for(clip, text: str, id_tokens: F2DIdTokens, identifier: str
             # ComfyUI adds the position embedding to vectors in the token list: compensate.
             position_embedding=table)
         out[key] = inject(chunks, vectors)
+        vocab = getattr(getattr(clip.tokenizer, f"clip_{key}", None), "inv_vocab", None)
+        if vocab:  # a second person's identifier stays plain text: say so (the page's note does too)
+            pairs = other_identifiers(words_of(chunks, vocab, {w[0] for w in words if w[2] == 0}), identifier)
+            if pairs:
+                logging.warning("[Face2Diffusion] %s", second_identifier_message(pairs, identifier))
     return out
 
 

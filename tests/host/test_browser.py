@@ -470,6 +470,30 @@ def test_page_and_nodes_apply_the_same_identifier_rule(page, python_identifier_c
     assert {0, 1, 2, "invalid"} <= set(python_identifier_counts)
 
 
+def test_page_and_nodes_name_the_same_second_identifier(page):
+    """The page's warning for a second person's identifier ("f l and g m") and the nodes' rule
+    (f2d/tokens.py other_identifiers on CLIP's words) find the same pairs."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("f2d_msg_cases", Path(__file__).with_name("test_new_user_messages.py"))
+    cases = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cases)
+    SECOND_PERSON = cases.SECOND_PERSON
+    js = page.page.evaluate("""async (cases) => {
+        const urls = await (await fetch('/extensions')).json();
+        const m = await import(urls.find(u => u.endsWith('/face2diffusion.js')));
+        return cases.map(([text]) => m.otherIdentifiers(text, 'f l'));
+    }""", SECOND_PERSON)
+    assert js == [pairs for _, pairs in SECOND_PERSON]
+    page.load(WF02)
+    node = page.node_id("F2DTextEncode")
+    page.page.evaluate(f"""() => {{ const w = app.graph.getNodeById({node}).widgets.find(w => w.name === 'text');
+                                   w.value = 'a photo of f l and g m at a party'; w.callback?.(w.value); }}""")
+    page.show_node(node)
+    page.wait_note(node, '"g m" looks like a second person', "workflow 09")
+    page.shot("second_identifier_warning")
+
+
 def test_model_note_follows_the_folder_inside_a_subgraph(page):
     """F2D Load MSID packed into a subgraph still hears about the model folder."""
     empty_model_folder(page.server)

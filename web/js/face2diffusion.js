@@ -110,6 +110,31 @@ export function countIdentifier(text, identifier) {
   return n;
 }
 
+// Pairs of one-letter words other than the identifier ("g m" in "f l and g m"): likely a second
+// person's identifier, which stays plain text. f2d/tokens.py other_identifiers is the same rule.
+const ONE_LETTER_WORDS = new Set(["a", "i"]);
+
+export function otherIdentifiers(text, identifier) {
+  const ids = clipWords(identifier);
+  if (ids.length !== 2) return [];
+  const words = clipWords(text);
+  for (let k = 0; k + 1 < words.length; k++) {
+    if (words[k] === ids[0] && words[k + 1] === ids[1]) {
+      words[k] = words[k + 1] = null;
+      k += 1;
+    }
+  }
+  const single = words.map((w) => w !== null && /^[a-z]$/.test(w) && !ONE_LETTER_WORDS.has(w));
+  const found = [];
+  for (let k = 0; k + 1 < words.length; k++) {
+    if (single[k] && single[k + 1]) {
+      found.push(`${words[k]} ${words[k + 1]}`);
+      k += 1;
+    }
+  }
+  return found;
+}
+
 // --- graph helpers ---------------------------------------------------------------------------
 function widget(node, name) {
   return node.widgets?.find((w) => w.name === name);
@@ -203,7 +228,7 @@ function setNote(node, lines, state) {
     const div = document.createElement("div");
     div.textContent = line;
     // A line the node flags (a skipped photo, a face too small, a warning) stands out.
-    if (/warn|too small|tiny|skipped|no face/i.test(line)) div.className = "f2d-warn";
+    if (/^⚠|warn|too small|tiny|skipped|no face/i.test(line)) div.className = "f2d-warn";
     return div;
   }));
   // Room for the note in the classic view (Nodes 2.0 lays the node out from the DOM). Only ever
@@ -225,7 +250,15 @@ function updateIdentifierState(node) {
   if (n === -1) setNote(node, [`✗ identifier "${identifier}" must be two words, e.g. "f l"`], "bad");
   else if (n === -2) setNote(node, [`✗ identifier "${identifier}": two plain words (letters only), e.g. "f l"`], "bad");
   else if (n === 0) setNote(node, [`✗ no "${identifier}" in the prompt: the person will not appear`], "bad");
-  else setNote(node, [`✓ "${identifier}" ×${n}${n > 1 ? " (same person at each place)" : ""}`], "ok");
+  else {
+    const lines = [`✓ "${identifier}" ×${n}${n > 1 ? " (same person at each place)" : ""}`];
+    const others = otherIdentifiers(text, identifier);
+    if (others.length) {
+      lines.push(`⚠ "${others[0]}" looks like a second person: it stays plain text. One prompt node holds one ` +
+        "person; for two, one prompt node each + Conditioning Set Area (workflow 09).");
+    }
+    setNote(node, lines, "ok");
+  }
 }
 
 // The widget's own text box (classic view). Nodes 2.0 draws its own text areas: those reach us
