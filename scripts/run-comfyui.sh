@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Starts ComfyUI 0.3.75 with this pack loaded from the working tree.
-# Base directory: .comfy/ (models/, input/, output/, user/); weights go to .comfy/models/.
+# Starts ComfyUI 0.3.75 with this pack loaded from the working tree; arguments other than --port
+# go to ComfyUI (e.g. --front-end-root DIR for a newer front end).
+# Base directory: .comfy/ (models/, input/, output/, user/), or $F2D_COMFY_BASE; weights go to its models/.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 py="$root/.venv/bin/python"
@@ -25,6 +26,9 @@ cp -n "$root"/workflows/*.png "$base/input/" 2>/dev/null || true  # the example 
 device=()
 "$py" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null || device=(--cpu)
 echo "ComfyUI with Face2Diffusion at http://127.0.0.1:$port (models in $base/models)"
+# ComfyUI imports its audio nodes at start-up and prints two tracebacks for them: expected here.
+"$py" -c 'import torchaudio' 2>/dev/null ||
+  echo "(torchaudio is not installed: ComfyUI will print 'IMPORT FAILED: nodes_audio.py' with two tracebacks; only its audio nodes are missing, nothing this pack uses)"
 exec "$py" "$root/.comfy-tree/main.py" "${device[@]}" --listen 127.0.0.1 --port "$port" \
   --base-directory "$base" --database-url "sqlite:///$base/user/comfyui.db" \
   --disable-auto-launch "${args[@]}"
