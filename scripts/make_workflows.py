@@ -32,19 +32,24 @@ LORA = "add_detail.safetensors"
 CONTROLNET = "control_v11p_sd15_canny_fp16.safetensors"
 PHOTO = "astronaut.png"
 PHOTO_CLOSEUP = "astronaut_closeup.png"
-PHOTO_B = "cameraman.png"
+PHOTO_B = "grace_hopper.png"
 PHOTOS = (PHOTO, PHOTO_CLOSEUP, PHOTO_B)
+# Each passes the pack's own checks (one face, eyes well over the TINY FACE limit; tests/test_example_photos.py).
+PHOTO_SOURCES = {PHOTO: "NASA portrait, public domain; from scikit-image's data",
+                 PHOTO_CLOSEUP: "a closer crop of the same NASA portrait",
+                 PHOTO_B: "US Navy portrait of Grace Hopper, public domain; from matplotlib's sample data"}
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 
 # Public homes of every file the workflows name. `url` is what ComfyUI's front end offers as the
-# download in its missing-models panel; `page` is where a person reads about the file.
+# download in its missing-models panel (only files it accepts: from civitai.com or huggingface.co);
+# `page` is where a person reads about the file.
 F2D_RELEASE = "https://github.com/mapooon/Face2Diffusion#2-download-checkpoints"
 FILES = {
-    "msid": {"name": "msid.pt", "directory": "face2diffusion",
-             "url": "https://drive.google.com/file/d/1DjUf-ib612SDDt86TRlsDkHqXTeYx030/view?usp=sharing",
+    # No `url`: the official files sit on a file host the front ends refuse to download from (1.32.9
+    # shows "Download not allowed from source ..."); the note and the node point to the page instead.
+    "msid": {"name": "msid.pt", "directory": "face2diffusion", "url": None,
              "page": F2D_RELEASE, "what": "MSID identity encoder (official Face2Diffusion release, CC BY-NC-SA 4.0)"},
-    "mapping": {"name": "mapping.pt", "directory": "face2diffusion",
-                "url": "https://drive.google.com/file/d/1Lf_mwMgme_HVYJCkViGr4TfGOfKw9PhE/view?usp=sharing",
+    "mapping": {"name": "mapping.pt", "directory": "face2diffusion", "url": None,
                 "page": F2D_RELEASE, "what": "mapping network (same release, same licence)"},
     "checkpoint": {"name": CHECKPOINT, "directory": "checkpoints",
                    "url": "https://huggingface.co/Comfy-Org/stable-diffusion-v1-5-archive/resolve/main/" + CHECKPOINT,
@@ -66,12 +71,18 @@ OFFICIAL = "https://github.com/mapooon/Face2Diffusion"
 PACK = "https://github.com/face2diffusion/ComfyUI-Face2Diffusion"
 
 # Layout: the note at the top of column 0, the model loaders under it, one column per step after.
-COL0_WIDTH, NODE_WIDTH, PITCH, TOP = 400, 300, 340, 90
+COL0_WIDTH, NODE_WIDTH, PITCH, TOP = 400, 280, 310, 90
 # The canvas of a 1600x1000 window, less the left toolbar (~60 px) and the banner and tab bar on top
 # (~80 px), the workflow menu and Run bar floating below them: the saved view puts the graph at
 # ORIGIN on screen and fits it into VIEWPORT.
 ORIGIN, VIEWPORT = (75, 135), (1500, 840)
 MIN_READABLE_SCALE = 0.6  # below this the front end stops drawing widget text
+# Front end 1.58.1 opens a template from its template browser with its own fit-to-view, not the saved
+# view: scale = 0.75 x (canvas / graph), the nodes' bounds only. For that to stay readable in a
+# 1600x1000 window the graph is at most (0.75 x 1600 / 0.6) x (0.75 x 1000 / 0.6) = 2000 x 1250; the
+# limits below leave room for nodes the front end draws a little larger than estimated here.
+TEMPLATE_FIT, TEMPLATE_WINDOW = 0.75, (1600, 1000)
+MAX_GRAPH = tuple(int(TEMPLATE_FIT * v / MIN_READABLE_SCALE) - 40 for v in TEMPLATE_WINDOW)  # 1960 x 1210
 GROUP_COLORS = ["#3f789e", "#8A8", "#b06634", "#a1309b", "#88A"]
 NEGATIVE = "blurry, low quality, deformed face, extra fingers"
 
@@ -330,13 +341,13 @@ def note_markdown(w: Workflow) -> str:
     for key in w.files:
         f = FILES[key]
         lines.append(f"- **{f['name']}** -> `ComfyUI/models/{f['directory']}/`: {f['what']}. "
-                     f"[Where to get it]({f['page']})" + (f" ([file]({f['url']}))" if f["url"] != f["page"] else ""))
+                     f"[Where to get it]({f['page']})" + (f" ([file]({f['url']}))" if f["url"] not in (None, f["page"]) else ""))
     if any(k in w.files for k in ("msid", "mapping")):
         lines.append("- Face detector: the pack's MTCNN, set up once by the pack's `install.py` (ComfyUI-Manager runs "
                      "it; nothing is downloaded while ComfyUI runs); insightface **antelopev2** or **buffalo_l** in "
                      "`ComfyUI/models/insightface/models/` are used when present.")
     for p in w.photos:
-        who = "NASA portrait, public domain" if p.startswith("astronaut") else "the scikit-image 'camera' photo, CC0"
+        who = PHOTO_SOURCES[p]
         lines.append(f"- **{p}** -> `ComfyUI/input/` ({who}; ships in the pack's `workflows/` folder), or "
                      "upload your own photo in the Load Image node.")
     lines += ["", "Press **R** after adding files, so the lists refresh. Write `f l` in the prompt where the "
@@ -384,9 +395,12 @@ def _height(cls: str, specs, info: dict) -> int:
 
 
 # What web/js/face2diffusion.js adds below these nodes: its note panel (two or three 16 px lines
-# with margins) and, on the prompt nodes, the "insert identifier" button. F2D Encode Identity also
-# shows the aligned crops after a run: room for them, so it does not grow over the node below.
-PACK_UI_HEIGHT = {"F2DLoadMSID": 70, "F2DEncodeIdentity": 70 + 150, "F2DTextEncode": 60, "F2DSampler": 60}
+# with margins; a result node's lines after a run) and, on the prompt nodes, the "insert identifier"
+# button. F2D Encode Identity also shows the aligned crops after a run: room for them and for the
+# note's lines as Nodes 2.0 lays them out (it grew 24-44 px past 70 + 150), so it does not grow over
+# the node below.
+PACK_UI_HEIGHT = {"F2DLoadMSID": 70, "F2DEncodeIdentity": 70 + 150 + 60, "F2DTextEncode": 60, "F2DSampler": 60,
+                  "F2DSaveIdentity": 60, "F2DBestOfN": 230, "F2DIdentitySimilarity": 170}
 
 
 def _note_height(text: str) -> int:
@@ -398,37 +412,88 @@ def _note_height(text: str) -> int:
 def node_properties(cls: str) -> dict:
     pack = cls.startswith("F2D")
     props = {"Node name for S&R": cls, "cnr_id": CNR_ID if pack else CORE_ID, "ver": VERSION if pack else CORE_VERSION}
-    models = [{k: FILES[key][k] for k in ("name", "url", "directory")} for key in LOADER_FILES.get(cls, [])]
+    models = [{k: FILES[key][k] for k in ("name", "url", "directory")} for key in LOADER_FILES.get(cls, [])
+              if FILES[key]["url"]]
     if models:
         props["models"] = models
     return props
+
+
+def _x_of(col: int) -> int:
+    return 40 if col == 0 else 40 + COL0_WIDTH + 40 + (col - 1) * PITCH
+
+
+def _stack_height(heights: list[int], groups: list[int]) -> int:
+    return sum(heights) + 40 * (len(heights) - 1) + 100 * sum(a != b for a, b in zip(groups, groups[1:]))
+
+
+def compact_columns(w: Workflow, heights: dict[str, int], note_height: int) -> dict[str, int]:
+    """Each node's column on the canvas: its step's column, except that two neighbouring columns of
+    one group are stacked into one (the pair whose stack is lowest) while the graph is wider than
+    MAX_GRAPH (if the stack stays within MAX_GRAPH's height), and wherever a stack is no taller than
+    the tallest column already is: every workflow -- new ones too -- opens readable from the
+    template browser."""
+    col = {name: n.col for name, n in w.nodes.items()}
+    order = list(w.nodes)
+
+    def stack(c: int) -> list[str]:
+        return sorted((k for k in order if col[k] == c), key=lambda k: (w.nodes[k].group, w.nodes[k].col, order.index(k)))
+
+    def height(names: list[str]) -> int:
+        return _stack_height([heights[k] for k in names], [w.nodes[k].group for k in names])
+
+    while True:
+        too_wide = _x_of(max(col.values())) + NODE_WIDTH - 40 > MAX_GRAPH[0]
+        tallest = max([note_height + 80 + height(stack(0))] + [height(stack(c)) for c in range(1, max(col.values()) + 1)])
+        best = None
+        for c in range(1, max(col.values())):
+            both = stack(c) + stack(c + 1)
+            if len({w.nodes[k].group for k in both}) != 1:
+                continue  # a group's box must not reach into another's
+            h = height(both)
+            # Stack while too wide, within the height limit; else only where it costs no height.
+            fits = TOP + h - 40 <= MAX_GRAPH[1] if too_wide else h <= tallest
+            if fits and (best is None or h < best[0]):
+                best = (h, c)
+        if best is None:
+            break  # a graph that stays too large fails tests/test_template_view.py
+        for k in col:
+            if col[k] > best[1]:
+                col[k] -= 1
+    return col
 
 
 def to_ui(w: Workflow, api: dict, object_info: dict) -> dict:
     """LiteGraph workflow (version 0.4): the note, titled nodes in columns, groups, a saved view."""
     note = note_markdown(w)
     nodes, links = {}, []
-    x_of = lambda col: 40 if col == 0 else 40 + COL0_WIDTH + 40 + (col - 1) * PITCH  # noqa: E731
     note_h = _note_height(note)
     column_y: dict[int, int] = {0: TOP + note_h + 80}
     last_group: dict[int, int] = {}
     group_bottom: dict[int, int] = {}
     names = list(w.nodes)
+    heights = {name: _height(n.cls, _input_specs(object_info[n.cls]), object_info[n.cls]) for name, n in w.nodes.items()}
+    col = compact_columns(w, heights, note_h)
+    pos = {}
+    # Group by group, then by step: a stacked column keeps the data flow top to bottom.
+    for name in sorted(names, key=lambda k: (w.nodes[k].group, w.nodes[k].col, names.index(k))):
+        n, c = w.nodes[name], col[name]
+        y = column_y.get(c, TOP)
+        if c in last_group and last_group[c] != n.group:
+            # Below the whole group above (all its columns), with room for this group's title bar.
+            y = max(y, group_bottom[last_group[c]] + 100)
+        last_group[c] = n.group
+        column_y[c] = y + heights[name] + 40
+        group_bottom[n.group] = max(group_bottom.get(n.group, 0), y + heights[name])
+        pos[name] = [_x_of(c), y]
     for name, nid in zip(names, api):
         n, node = w.nodes[name], api[nid]
         info = object_info[n.cls]
         specs = _input_specs(info)
-        y = column_y.get(n.col, TOP)
-        if n.col in last_group and last_group[n.col] != n.group:
-            # Below the whole group above (all its columns), with room for this group's title bar.
-            y = max(y, group_bottom[last_group[n.col]] + 100)
-        last_group[n.col] = n.group
-        height = _height(n.cls, specs, info)
-        column_y[n.col] = y + height + 40
-        group_bottom[n.group] = max(group_bottom.get(n.group, 0), y + height)
+        height = heights[name]
         entry = {
-            "id": int(nid), "type": n.cls, "pos": [x_of(n.col), y],
-            "size": [COL0_WIDTH if n.col == 0 else NODE_WIDTH, height], "flags": {}, "order": 0, "mode": 0,
+            "id": int(nid), "type": n.cls, "pos": pos[name],
+            "size": [COL0_WIDTH if col[name] == 0 else NODE_WIDTH, height], "flags": {}, "order": 0, "mode": 0,
             "inputs": [], "outputs": [], "properties": node_properties(n.cls), "widgets_values": [], "title": n.title,
         }
         for iname, spec in specs:

@@ -43,6 +43,17 @@ def test_images_are_images():
         assert u.endswith((".png", ".jpg", ".jpeg", ".webp", ".gif")) and (REPO / u).is_file(), u
 
 
-def test_developer_commands_stay_near_the_top():
-    head = README[: README.index("## Install")]
-    assert "make run" in head and "make test" in head
+def test_users_read_install_weights_and_quick_start_before_the_developer_section():
+    order = [README.index(h) for h in ("## Install", "## Weights", "## Quick start", "## For developers of this pack")]
+    assert order == sorted(order), order
+    dev = README[order[-1]:]
+    assert "make run" in dev and "make test" in dev and "make run-test-models" in dev
+
+
+def test_the_template_menu_path_is_one_both_front_ends_have():
+    # "View -> Browse Templates" and the left toolbar's Templates button exist in 1.32.9 and 1.58.1
+    # (their core menu commands); "Workflow -> Browse Templates" in neither.
+    import re
+
+    assert not re.search(r"Workflow →\s+Browse", README)
+    assert re.search(r"View →\s+Browse\s+Templates", README) and "**Templates** in the left toolbar" in README

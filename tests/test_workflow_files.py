@@ -22,7 +22,10 @@ PROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
 
 
 MW = make_workflows_module()
-KNOWN_HOMES = {f[k] for f in MW.FILES.values() for k in ("url", "page")} | {MW.PAPER, MW.OFFICIAL, MW.PACK}
+KNOWN_HOMES = {f[k] for f in MW.FILES.values() for k in ("url", "page") if f[k]} | {MW.PAPER, MW.OFFICIAL, MW.PACK}
+# Where the front ends' missing-models dialogs download from (1.32.9 MissingModelsWarning.vue,
+# 1.58.1 missingModelDownload.ts); any other address shows "Download not allowed from source ...".
+FRONT_END_DOWNLOAD_SOURCES = ("https://civitai.com/", "https://huggingface.co/")
 LOADER_WIDGETS = {"CheckpointLoaderSimple": ["ckpt_name"], "LoraLoader": ["lora_name"],
                   "ControlNetLoader": ["control_net_name"], "F2DLoadMSID": ["msid", "mapping"]}
 LOADER_WIDGET_INDEX = {"CheckpointLoaderSimple": [0], "LoraLoader": [0], "ControlNetLoader": [0], "F2DLoadMSID": [0, 1]}
@@ -69,8 +72,11 @@ def test_note_says_what_it_shows_which_files_where_from_and_which_folder(path):
 
 def test_every_known_home_is_an_https_address_of_the_right_kind():
     for key, f in MW.FILES.items():
-        assert f["url"].startswith("https://") and f["page"].startswith("https://"), key
-    hf = [f for f in MW.FILES.values() if "huggingface.co" in f["url"]]
+        assert f["page"].startswith("https://"), key
+        assert f["url"] is None or f["url"].startswith(FRONT_END_DOWNLOAD_SOURCES), (key, "a download the front end refuses")
+    # The official weights have no download the front ends accept: their page only.
+    assert MW.FILES["msid"]["url"] is None and MW.FILES["mapping"]["url"] is None
+    hf = [f for f in MW.FILES.values() if "huggingface.co" in (f["url"] or "")]
     assert all("/resolve/main/" in f["url"] and f["url"].endswith(f["name"]) for f in hf), "direct file links"
     assert MW.FILES["checkpoint"]["name"] == "v1-5-pruned-emaonly-fp16.safetensors"
     assert "Comfy-Org/stable-diffusion-v1-5-archive" in MW.FILES["checkpoint"]["url"]
@@ -85,9 +91,14 @@ def test_loaders_carry_download_metadata_for_their_files(path):
         models = {m["name"]: m for m in node["properties"].get("models", [])}
         for i in LOADER_WIDGET_INDEX[node["type"]]:
             name = node["widgets_values"][i]
+            if node["type"] == "F2DLoadMSID":
+                # No entry: the front end would offer a download it refuses; the note and the
+                # node's own note point to the official page.
+                assert name not in models, f"{node['title']}: {name} has download metadata"
+                continue
             assert name in models, f"{node['title']}: no models entry for {name}"
             assert models[name]["directory"] == LOADER_DIRECTORY[node["type"]]
-            assert models[name]["url"].startswith("https://")
+            assert models[name]["url"].startswith(FRONT_END_DOWNLOAD_SOURCES), models[name]["url"]
 
 
 @pytest.mark.parametrize("path", UI, ids=[p.stem for p in UI])

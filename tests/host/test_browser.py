@@ -367,6 +367,11 @@ def test_run_shows_image_and_chosen_face(page):
     text = page.wait_note(encode, "photo 0: the only face", timeout_s=120)
     assert "after a run" not in text and page.note(encode).get_attribute("data-state") == "ok"
     page.shot("run_chosen_face")
+    if page.vue:  # Nodes 2.0 lays the node out from its DOM: with the crops on show it stays clear of the node below
+        tokens = page.node_id("F2DExpressionGuidance")
+        page.show_node(encode)
+        a, b = page.node_box(encode), page.node_box(tokens)
+        assert a["y"] + a["height"] <= b["y"], f"Encode Identity ({a}) reaches into the node below ({b})"
     deadline = time.monotonic() + 30
     while not set((page.server.base / "output").glob("f2d_basic_*.png")) - before and time.monotonic() < deadline:
         time.sleep(0.25)
@@ -383,6 +388,55 @@ def test_run_shows_image_and_chosen_face(page):
     assert "the only face" not in text and page.note(encode).get_attribute("data-state") == "bad"
     page.shot("run_failed_note")
     page.page.keyboard.press("Escape")  # the error dialog
+
+
+def _small_and_quick(page):
+    page.page.evaluate("""() => { for (const n of app.graph._nodes) for (const w of n.widgets ?? []) {
+                      if (n.type === 'EmptyLatentImage' && (w.name === 'width' || w.name === 'height')) w.value = 64;
+                      if (n.type === 'F2DSampler' && w.name === 'steps') w.value = 2; } }""")
+
+
+def _run(page):
+    page.close_toasts()
+    page.page.get_by_role("button", name="Run").first.click()
+
+
+def test_results_the_server_sends_show_on_the_nodes(page):
+    """Save Identity says where it saved; Best of N shows its scores with its STRING output
+    unconnected; Encode Identity served from ComfyUI's cache still shows the faces it used."""
+    put_weights(page.server)
+    assert page.server.post("/free", {"free_memory": True})[0] == 200
+    page.load(REPO / "workflows" / "06_save_identity.json")
+    _small_and_quick(page)
+    save, encode = page.node_id("F2DSaveIdentity"), page.node_id("F2DEncodeIdentity")
+    page.wait_note(save, "after a run")
+    _run(page)
+    page.show_node(save)
+    page.wait_note(save, ".safetensors in", "identities", timeout_s=120)
+    page.shot("result_saved_identity")
+    page.show_node(encode)
+    faces = page.wait_note(encode, "photo 0:", timeout_s=30)
+    # The graph as the page keeps it (autosave, a saved file), opened again: the encoder's inputs
+    # did not change, so ComfyUI serves it from its cache and sends nothing for it.
+    saved = page.page.evaluate("app.graph.serialize()")
+    page.page.evaluate("wf => app.loadGraphData(wf)", saved)
+    page.page.wait_for_timeout(800)
+    encode = page.node_id("F2DEncodeIdentity")
+    page.wait_note(encode, "after a run")
+    _run(page)
+    page.show_node(encode)
+    again = page.wait_note(encode, "reused this node's last result", timeout_s=120)
+    assert faces.splitlines()[0] in again and page.note(encode).get_attribute("data-state") == "ok"
+    page.shot("result_cached_faces")
+
+    page.load(REPO / "workflows" / "08_best_of_8.json")
+    _small_and_quick(page)
+    best = page.node_id("F2DBestOfN")
+    assert page.page.evaluate(f"app.graph.getNodeById({best}).outputs.every(o => !o.links?.length || o.type !== 'STRING')")
+    _run(page)
+    page.show_node(best)
+    page.wait_note(best, "#0", "#7", timeout_s=180)
+    page.shot("result_best_of_n_scores")
 
 
 # --- the identifier rule: the page's check (web/js) against the nodes' rule (f2d/tokens.py) ------

@@ -214,7 +214,7 @@ def test_another_photo_gives_another_image(server):
     api = load_api("01_basic_f2d_sampler")
     photo = node_id(api, "LoadImage")
     assert torch.equal(sampled_latent(server, api, "same1"), sampled_latent(server, api, "same2"))
-    assert _differs(server, api, lambda a: a[photo]["inputs"].update(image="cameraman.png")) > 2e-4
+    assert _differs(server, api, lambda a: a[photo]["inputs"].update(image="grace_hopper.png")) > 2e-4
 
 
 def test_lora_strength_changes_the_image(server):
@@ -240,7 +240,7 @@ def test_identity_start_changes_the_image(server):
 def test_second_photo_of_several_photos_counts(server):
     api = load_api("05_several_photos")
     second = node_id(api, "LoadImage", "Photo 2 of the same person")
-    assert _differs(server, api, lambda a: a[second]["inputs"].update(image="cameraman.png")) > 3e-4
+    assert _differs(server, api, lambda a: a[second]["inputs"].update(image="grace_hopper.png")) > 3e-4
 
 
 # Two people: each identity acts in its own half of the picture.
@@ -262,9 +262,9 @@ def _two_people_latent(server, photo_a: str, photo_b: str) -> torch.Tensor:
 
 
 def test_two_people_each_identity_acts_in_its_own_half(server):
-    both = _two_people_latent(server, "astronaut.png", "cameraman.png")
+    both = _two_people_latent(server, "astronaut.png", "grace_hopper.png")
     b_changed = _two_people_latent(server, "astronaut.png", "astronaut_closeup.png")
-    a_changed = _two_people_latent(server, "astronaut_closeup.png", "cameraman.png")
+    a_changed = _two_people_latent(server, "astronaut_closeup.png", "grace_hopper.png")
     half = both.shape[-1] // 2
     left, right = (slice(None), slice(None), slice(None), slice(0, half)), \
         (slice(None), slice(None), slice(None), slice(half, None))
@@ -283,9 +283,9 @@ def _identity_file(server, name: str) -> Path:
 
 
 def _people_from_photos() -> dict:
-    """Person A (astronaut) and B (cameraman), each encoded from the photo: {key: (nodes, identity ref)}."""
+    """Person A (astronaut) and B (Grace Hopper), each encoded from the photo: {key: (nodes, identity ref)}."""
     out = {}
-    for key, nid, photo in (("a", "10", "astronaut.png"), ("b", "12", "cameraman.png")):
+    for key, nid, photo in (("a", "10", "astronaut.png"), ("b", "12", "grace_hopper.png")):
         photo_id = str(int(nid) + 1)
         out[key] = ({photo_id: {"class_type": "LoadImage", "inputs": {"image": photo}},
                      nid: {"class_type": "F2DEncodeIdentity", "inputs": {

@@ -339,7 +339,9 @@ function updateModelNote(node) {
   const lines = [];
   if (modelFiles.length === 0) {
     lines.push(`✗ models/${MODEL_FOLDER}/ is empty; it needs the official`);
-    lines.push("msid.pt and mapping.pt (.pt or .safetensors)");
+    lines.push("msid.pt and mapping.pt (.pt or .safetensors) from");
+    // The page, not a file link: the front ends refuse downloads from the host the files are on.
+    lines.push("github.com/mapooon/Face2Diffusion (Download checkpoints)");
   } else {
     for (const name of ["msid", "mapping"]) {
       const value = widget(node, name)?.value;
@@ -362,10 +364,66 @@ function setupLoaderNode(node) {
   refreshModelFiles();
 }
 
-// --- F2D Encode Identity: the face it used ----------------------------------------------------
-function setupEncodeNode(node) {
+// --- results the server sends: shown on the node -------------------------------------------
+// Nodes whose result is worth seeing without wiring an output: what their note says before a run.
+// Their lines arrive in the node's ui message (f2d_faces, or "text" as the host's own nodes send).
+const RESULT_NODES = {
+  F2DEncodeIdentity: "the face used from each photo shows here after a run",
+  F2DSaveIdentity: "where the identity is saved shows here after a run",
+  F2DBestOfN: "the likeness scores show here after a run",
+  F2DIdentitySimilarity: "the likeness scores show here after a run",
+};
+// The last lines a node showed, kept in its properties (saved with the workflow and the page's
+// autosave): a node that ComfyUI serves from its cache sends nothing, so they are shown again.
+const LAST = "f2d_last_note";
+
+function resultLines(message) {
+  for (const key of ["f2d_faces", "text"]) {
+    const v = message?.[key];
+    if (Array.isArray(v) && v.length) return v.map(String).flatMap((t) => t.split("\n"));
+  }
+  return null;
+}
+
+function showResult(node, lines) {
+  if (!node.f2dNote) addNote(node);
+  node.f2dFacesNote = lines;
+  node.properties ??= {};
+  node.properties[LAST] = lines;
+  setNote(node, lines, "ok");
+}
+
+// A node served from the host's cache: its last lines again, said to be from the last run.
+function showCached(node) {
+  if (!RESULT_NODES[node.type] || node.f2dFacesNote) return;
+  const last = node.properties?.[LAST];
+  if (Array.isArray(last) && last.length) {
+    setNote(node, [...last.map(String), "(unchanged inputs: ComfyUI reused this node's last result)"], "ok");
+  } else {
+    setNote(node, ["unchanged inputs: ComfyUI reused this node's result from an earlier run on this server;",
+      "change an input (or free the node cache) to see it here"], "info");
+  }
+}
+
+function setupResultNode(node) {
   addNote(node);
-  setNote(node, ["the face used from each photo shows here after a run"], "info");
+  setNote(node, [RESULT_NODES[node.type]], "info");
+}
+
+// The template browser lists a pack's workflows in the order the server's folder listing gives
+// (unsorted); ours are numbered in reading order. This pack's folder name, as the server names it.
+const PACK_FOLDER = decodeURIComponent(new URL(import.meta.url).pathname.split("/extensions/")[1]?.split("/")[0] ?? "");
+
+function sortOurTemplates() {
+  const get = api.getWorkflowTemplates;
+  if (typeof get !== "function" || get.f2dSorted) return;
+  const sorted = async function () {
+    const lists = await get.apply(this, arguments);
+    if (Array.isArray(lists?.[PACK_FOLDER])) lists[PACK_FOLDER] = [...lists[PACK_FOLDER]].sort();
+    return lists;
+  };
+  sorted.f2dSorted = true;
+  api.getWorkflowTemplates = sorted;
 }
 
 // --- registration ---------------------------------------------------------------------------
@@ -373,7 +431,14 @@ app.registerExtension({
   name: "Face2Diffusion.ui",
 
   async setup() {
+    sortOurTemplates();
     document.addEventListener("input", onTyping, true);
+    api.addEventListener("execution_cached", (e) => {
+      const cached = new Set((e.detail?.nodes ?? []).map(String));
+      for (const type of Object.keys(RESULT_NODES)) {
+        for (const node of nodesOfType(type)) if (cached.has(String(node.id))) showCached(node);
+      }
+    });
     // A failed run must not leave the faces of an earlier one on show as if they were current.
     api.addEventListener("execution_error", (e) => {
       const id = String(e.detail?.node_id ?? "");
@@ -403,7 +468,7 @@ app.registerExtension({
       this.bgcolor = BGCOLOR;
       if (PROMPT_NODES.has(nodeData.name)) setupPromptNode(this);
       if (nodeData.name === "F2DLoadMSID") setupLoaderNode(this);
-      if (nodeData.name === "F2DEncodeIdentity") setupEncodeNode(this);
+      if (RESULT_NODES[nodeData.name]) setupResultNode(this);
       return r;
     };
 
@@ -427,12 +492,10 @@ app.registerExtension({
     const executed = nodeType.prototype.onExecuted;
     nodeType.prototype.onExecuted = function (message) {
       const r = executed?.apply(this, arguments);
-      // Whatever lines the node sends (faces used, detector, warnings) are shown as they are.
-      const faces = message?.f2d_faces;
-      if (Array.isArray(faces) && faces.length) {
-        this.f2dFacesNote = faces.map(String);
-        setNote(this, this.f2dFacesNote, "ok");
-      }
+      // Whatever lines the node sends (faces used, detector, warnings, scores, where a file went)
+      // are shown as they are.
+      const lines = resultLines(message);
+      if (lines) showResult(this, lines);
       return r;
     };
   },
