@@ -397,9 +397,9 @@ def _height(cls: str, specs, info: dict) -> int:
 # What web/js/face2diffusion.js adds below these nodes: its note panel (two or three 16 px lines
 # with margins; a result node's lines after a run) and, on the prompt nodes, the "insert identifier"
 # button. F2D Encode Identity also shows the aligned crops after a run: room for them and for the
-# note's lines as Nodes 2.0 lays them out (it grew 24-44 px past 70 + 150), so it does not grow over
+# note's lines as Nodes 2.0 lays them out (it grew 24-44 px past 70 + 150; 66 px with two note lines), so it does not grow over
 # the node below.
-PACK_UI_HEIGHT = {"F2DLoadMSID": 70, "F2DEncodeIdentity": 70 + 150 + 60, "F2DTextEncode": 60, "F2DSampler": 60,
+PACK_UI_HEIGHT = {"F2DLoadMSID": 70, "F2DEncodeIdentity": 70 + 150 + 80, "F2DTextEncode": 60, "F2DSampler": 60,
                   "F2DSaveIdentity": 60, "F2DBestOfN": 230, "F2DIdentitySimilarity": 170}
 
 
