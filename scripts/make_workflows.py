@@ -428,7 +428,8 @@ def _stack_height(heights: list[int], groups: list[int]) -> int:
 
 
 def compact_columns(w: Workflow, heights: dict[str, int], note_height: int) -> dict[str, int]:
-    """Each node's column on the canvas: its step's column, except that two neighbouring columns of
+    """Each node's column on the canvas: its step's column, except that two groups stacked over the
+    same two columns and too tall for MAX_GRAPH become a column each, and two neighbouring columns of
     one group are stacked into one (the pair whose stack is lowest) while the graph is wider than
     MAX_GRAPH (if the stack stays within MAX_GRAPH's height), and wherever a stack is no taller than
     the tallest column already is: every workflow -- new ones too -- opens readable from the
@@ -441,6 +442,24 @@ def compact_columns(w: Workflow, heights: dict[str, int], note_height: int) -> d
 
     def height(names: list[str]) -> int:
         return _stack_height([heights[k] for k in names], [w.nodes[k].group for k in names])
+
+    # Too tall: two groups stacked over the same columns (two people, one above the other) become
+    # one column each, side by side, when each fits the height; the width is dealt with below.
+    for c in range(1, max(col.values()) + 1):
+        if TOP + height(stack(c)) - 40 <= MAX_GRAPH[1]:
+            continue
+        groups = sorted({w.nodes[k].group for k in stack(c)})
+        spans = [sorted({col[k] for k in col if w.nodes[k].group == g}) for g in groups]
+        if len(groups) != 2 or spans[0] != spans[1] or len(spans[0]) != 2:
+            continue
+        members = [[k for k in order if w.nodes[k].group == g] for g in groups]
+        if any(TOP + height(sorted(m, key=lambda k: (w.nodes[k].col, order.index(k)))) - 40 > MAX_GRAPH[1]
+               for m in members):
+            continue
+        for i, m in enumerate(members):
+            for k in m:
+                col[k] = spans[0][0] + i
+        break
 
     while True:
         too_wide = _x_of(max(col.values())) + NODE_WIDTH - 40 > MAX_GRAPH[0]
