@@ -384,26 +384,37 @@ class MTCNNDetector:
     def _second_look(self, image: np.ndarray, points: np.ndarray):
         """Re-detect the face at ``points`` upright and centred: (score, points, box) in
         ``image`` pixels, or None."""
+        return self._second_looks(image, [points])[0]
+
+    def _second_looks(self, image: np.ndarray, points: list[np.ndarray]) -> list:
+        """:meth:`_second_look` for several faces, the cascade run once over all their canvases."""
         from .align import ARCFACE_TEMPLATE, similarity_transform
 
+        if not points:
+            return []
         tpl = ARCFACE_TEMPLATE - ARCFACE_TEMPLATE.mean(0)
         tpl = tpl * self.CANVAS_EYES / np.linalg.norm(tpl[1] - tpl[0]) + self.CANVAS / 2
-        m = similarity_transform(points, tpl)
-        canvas = self._sample(image, m, (self.CANVAS, self.CANVAS))
-        boxes, scores, pts = self.net.detect(canvas, min_size=self.CANVAS_EYES * 1.5,
-                                             near=(self.CANVAS / 2, self.CANVAS / 2, self.CANVAS_EYES))
-        if not len(scores):
-            return None
-        i = int(np.argmin([np.linalg.norm(p[:2].mean(0) - tpl[:2].mean(0)) for p in pts]))
-        if np.linalg.norm(pts[i][:2].mean(0) - tpl[:2].mean(0)) > 0.5 * self.CANVAS_EYES:
-            return None
+        matrices = [similarity_transform(p, tpl) for p in points]
+        canvases = [self._sample(image, m, (self.CANVAS, self.CANVAS)) for m in matrices]
+        found = self.net.cascade_many(canvases, min_size=self.CANVAS_EYES * 1.5,
+                                      near=(self.CANVAS / 2, self.CANVAS / 2, self.CANVAS_EYES))
+        chosen = {}
+        for k, (boxes, scores, pts, _) in enumerate(found):
+            if not len(scores):
+                continue
+            i = int(np.argmin([np.linalg.norm(p[:2].mean(0) - tpl[:2].mean(0)) for p in pts]))
+            if np.linalg.norm(pts[i][:2].mean(0) - tpl[:2].mean(0)) <= 0.5 * self.CANVAS_EYES:
+                chosen[k] = (float(scores[i]), boxes[i])
         # Points from O-Net run on its own final box (the cascade places them on the box it had
         # before the last regression).
-        refined = self.net.points_in_box(canvas, boxes[i])
-        inv = np.linalg.inv(m)
-        x0, y0, x1, y1 = boxes[i]
-        corners = _apply(inv, np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]]))
-        return float(scores[i]), _apply(inv, refined), np.concatenate([corners.min(0), corners.max(0)])
+        refined = dict(zip(chosen, self.net.points_in_boxes([canvases[k] for k in chosen],
+                                                            [b for _, b in chosen.values()])))
+        out = [None] * len(points)
+        for k, (score, (x0, y0, x1, y1)) in chosen.items():
+            inv = np.linalg.inv(matrices[k])
+            corners = _apply(inv, np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]]))
+            out[k] = (score, _apply(inv, refined[k]), np.concatenate([corners.min(0), corners.max(0)]))
+        return out
 
     def detect(self, image: np.ndarray, index: int = 0) -> list[Face]:
         import torch
@@ -419,21 +430,33 @@ class MTCNNDetector:
             torch.set_num_threads(threads)
 
     def _confirm(self, image: np.ndarray, groups, index: int, quiet: bool = False) -> list:
-        confirmed = []
-        for group in groups:
-            # The best-scoring pass can still place the points badly on a rolled face (the
-            # upright pass sees a 35 degree face as a face, its eyes nearly level); the second
-            # look then frames it wrongly and fails, and the next pass's points are tried.
-            for score, pts in group:
-                look = self._second_look(image, pts)
+        """The faces of ``groups`` that their second look confirms: (score, points, box) each.
+
+        The best-scoring pass can still place the points badly on a rolled face (the upright
+        pass sees a 35 degree face as a face, its eyes nearly level); the second look then frames
+        it wrongly and fails, and the group's next detection is tried. Each round looks at one
+        detection of every group still open, in one batch."""
+        confirmed: list = []
+        open_groups = list(enumerate(groups))
+        depth = 0
+        while open_groups:
+            trying = [(g, group[depth]) for g, group in open_groups if depth < len(group)]
+            if not trying:
+                break
+            looks = self._second_looks(image, [pts for _, (_, pts) in trying])
+            done = set()
+            for (g, (score, _)), look in zip(trying, looks):
                 if look is not None and look[0] >= self.CONFIRM:
-                    confirmed.append((max(score, look[0]), look[1], look[2]))
-                    break
-            else:
-                if not quiet:
+                    confirmed.append((g, (max(score, look[0]), look[1], look[2])))
+                    done.add(g)
+            open_groups = [(g, group) for g, group in open_groups if g not in done and depth + 1 < len(group)]
+            depth += 1
+        if not quiet:
+            for g, group in enumerate(groups):
+                if g not in {c[0] for c in confirmed}:
                     log.info("image %d: a face candidate at %s was not confirmed; ignored", index,
                              group[0][1][2].round())
-        return confirmed
+        return [c for _, c in sorted(confirmed, key=lambda c: c[0])]
 
     def _detect(self, image: np.ndarray, index: int) -> list[Face]:
         upright, candidates = self._upright(image)

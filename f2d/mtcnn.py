@@ -197,63 +197,112 @@ class MTCNN(nn.Module):
         """:meth:`detect`'s boxes, scores and points, and the candidates: square boxes and R-Net
         scores (M, 5) that R-Net accepted, whether or not O-Net then confirmed them (where a face
         may be that this pass did not see well, e.g. a strongly rolled one)."""
-        img = self._input(image)
-        h, w = image.shape[:2]
+        return self.cascade_many([image], min_size, thresholds, factor, near)[0]
+
+    @torch.inference_mode()
+    def cascade_many(self, images: list[np.ndarray], min_size: float = 20.0, thresholds=(0.6, 0.7, 0.7),
+                     factor: float = 0.709, near: tuple[float, float, float] | None = None) -> list[tuple]:
+        """:meth:`cascade` for several images of one size, each network run once per pyramid
+        level / stage for all of them (the second looks of a group photo: one batch, not one
+        cascade per face). Each image's result is what :meth:`cascade` gives for it alone."""
+        img = torch.cat([self._input(im) for im in images]).contiguous(memory_format=torch.channels_last)
+        n, (h, w) = len(images), images[0].shape[:2]
         none = np.zeros((0, 5))
         empty = (np.zeros((0, 4)), np.zeros(0), np.zeros((0, 5, 2)))
+        results: list = [empty + (none,)] * n
 
         # P-Net over the pyramid: scale s maps a face of min_size px onto the 12 px window.
-        boxes = []
+        per = [[] for _ in range(n)]
         scale = 12.0 / min_size
         while min(h, w) * scale >= 12:
             sh, sw = int(np.ceil(h * scale)), int(np.ceil(w * scale))
             level = F.interpolate(img, size=(sh, sw), mode="bilinear", antialias=True, align_corners=False)
-            prob, reg = self.pnet(level)
-            boxes.append(_proposals(prob[0].cpu(), reg[0].cpu(), scale, thresholds[0]))
+            prob, reg = (t.cpu() for t in self.pnet(level))
+            for i in range(n):
+                per[i].append(_proposals(prob[i], reg[i], scale, thresholds[0]))
             scale *= factor
-        boxes = torch.cat(boxes) if boxes else torch.zeros(0, 9)
-        if not len(boxes):
-            return empty + (none,)
-        boxes = boxes[nms(boxes[:, :4], boxes[:, 4], 0.7)]
-        boxes = _square(_regress(boxes[:, :4], boxes[:, 5:9])).round()
-        if near is not None:
-            centre = (boxes[:, :2] + boxes[:, 2:4]) / 2
-            boxes = boxes[(centre - torch.tensor(near[:2], dtype=boxes.dtype)).norm(dim=1) <= near[2]]
+        stage = {}  # image -> its boxes going into the next stage
+        for i in range(n):
+            boxes = torch.cat(per[i]) if per[i] else torch.zeros(0, 9)
             if not len(boxes):
-                return empty + (none,)
+                continue
+            boxes = boxes[nms(boxes[:, :4], boxes[:, 4], 0.7)]
+            boxes = _square(_regress(boxes[:, :4], boxes[:, 5:9])).round()
+            if near is not None:
+                centre = (boxes[:, :2] + boxes[:, 2:4]) / 2
+                boxes = boxes[(centre - torch.tensor(near[:2], dtype=boxes.dtype)).norm(dim=1) <= near[2]]
+            if len(boxes):
+                stage[i] = boxes
 
         # R-Net on 24 px crops.
-        prob, reg = (t.cpu() for t in self.rnet(_crops(img, boxes, 24)))
-        keep = prob >= thresholds[1]
-        boxes, prob, reg = boxes[keep], prob[keep], reg[keep]
-        if not len(boxes):
-            return empty + (none,)
-        k = nms(boxes, prob, 0.7)
-        boxes = _square(_regress(boxes[k], reg[k])).round()
-        candidates = torch.cat([boxes, prob[k][:, None]], 1).double().numpy()
+        outs = self._batched(self.rnet, img, stage, 24)
+        candidates = {}
+        for i, (prob, reg) in outs.items():
+            boxes = stage.pop(i)
+            keep = prob >= thresholds[1]
+            boxes, prob, reg = boxes[keep], prob[keep], reg[keep]
+            if not len(boxes):
+                continue
+            k = nms(boxes, prob, 0.7)
+            stage[i] = _square(_regress(boxes[k], reg[k])).round()
+            candidates[i] = torch.cat([stage[i], prob[k][:, None]], 1).double().numpy()
+            results[i] = empty + (candidates[i],)
 
         # O-Net on 48 px crops: final score, box and points.
-        prob, reg, marks = (t.cpu() for t in self.onet(_crops(img, boxes, 48)))
-        keep = prob >= thresholds[2]
-        boxes, prob, reg, marks = boxes[keep], prob[keep], reg[keep], marks[keep]
-        if not len(boxes):
-            return empty + (candidates,)
-        bw, bh = (boxes[:, 2] - boxes[:, 0])[:, None], (boxes[:, 3] - boxes[:, 1])[:, None]
-        points = torch.stack([boxes[:, :1] + bw * marks[:, :5], boxes[:, 1:2] + bh * marks[:, 5:]], dim=2)
-        boxes = _regress(boxes, reg)
-        k = nms(boxes, prob, 0.7, by_smaller_area=True)
-        return boxes[k].double().numpy(), prob[k].double().numpy(), points[k].double().numpy(), candidates
+        for i, (prob, reg, marks) in self._batched(self.onet, img, stage, 48).items():
+            boxes = stage[i]
+            keep = prob >= thresholds[2]
+            boxes, prob, reg, marks = boxes[keep], prob[keep], reg[keep], marks[keep]
+            if not len(boxes):
+                continue
+            bw, bh = (boxes[:, 2] - boxes[:, 0])[:, None], (boxes[:, 3] - boxes[:, 1])[:, None]
+            points = torch.stack([boxes[:, :1] + bw * marks[:, :5], boxes[:, 1:2] + bh * marks[:, 5:]], dim=2)
+            boxes = _regress(boxes, reg)
+            k = nms(boxes, prob, 0.7, by_smaller_area=True)
+            results[i] = (boxes[k].double().numpy(), prob[k].double().numpy(), points[k].double().numpy(),
+                          candidates[i])
+        return results
+
+    @staticmethod
+    def _batched(net, img: torch.Tensor, boxes: dict[int, torch.Tensor], size: int) -> dict[int, tuple]:
+        """``net`` on the crops of every image's boxes in one call; its outputs split per image."""
+        if not boxes:
+            return {}
+        order = list(boxes)
+        crops = torch.cat([_crops(img[i:i + 1], boxes[i], size) for i in order])
+        outs = [t.cpu() for t in net(crops)]
+        split, start = {}, 0
+        for i in order:
+            end = start + len(boxes[i])
+            split[i] = tuple(t[start:end] for t in outs)
+            start = end
+        return split
 
     @torch.inference_mode()
     def points_in_box(self, image: np.ndarray, box: np.ndarray) -> np.ndarray:
         """O-Net's five points for the face in ``box`` (x0 y0 x1 y1) of an RGB uint8 image."""
-        img = self._input(image)
-        b = _square(torch.tensor(np.asarray(box, np.float32)[None, :4])).round()
-        _, _, marks = self.onet(_crops(img, b, 48))
+        return self.points_in_boxes([image], [box])[0]
+
+    @torch.inference_mode()
+    def points_in_boxes(self, images: list[np.ndarray], boxes: list[np.ndarray]) -> list[np.ndarray]:
+        """:meth:`points_in_box` for one box in each image, O-Net run once for all."""
+        if not images:
+            return []
+        crops = []
+        squares = []
+        for image, box in zip(images, boxes):
+            b = _square(torch.tensor(np.asarray(box, np.float32)[None, :4])).round()
+            crops.append(_crops(self._input(image), b, 48))
+            squares.append(b)
+        _, _, marks = self.onet(torch.cat(crops))
         marks = marks.cpu()
-        side = b[:, 2:4] - b[:, :2]
-        return torch.stack([b[:, 0:1] + side[:, 0:1] * marks[:, :5], b[:, 1:2] + side[:, 1:2] * marks[:, 5:]],
-                           2)[0].double().numpy()
+        out = []
+        for k, b in enumerate(squares):
+            side = b[:, 2:4] - b[:, :2]
+            m = marks[k:k + 1]
+            out.append(torch.stack([b[:, 0:1] + side[:, 0:1] * m[:, :5], b[:, 1:2] + side[:, 1:2] * m[:, 5:]],
+                                   2)[0].double().numpy())
+        return out
 
 
 @functools.lru_cache(maxsize=4)
