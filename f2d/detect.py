@@ -351,19 +351,23 @@ class MTCNNDetector:
                     or any(near(c, 0.5 * s) for c, s in windows):
                 continue
             windows.append((centre, side))
-            if len(windows) > self.MAX_WINDOWS:
+            if len(windows) >= self.MAX_WINDOWS:
                 break
-            f = self.WINDOW_FACE / side
-            canvas = int(np.ceil(self.WINDOW * self.WINDOW_FACE))
+        canvas = int(np.ceil(self.WINDOW * self.WINDOW_FACE))
+        matrices = []
+        for centre, side in windows:
             for roll in self.ROLLS:
                 a = np.radians(roll)
-                rot = np.array([[np.cos(a), np.sin(a)], [-np.sin(a), np.cos(a)]]) * f
-                m = np.vstack([np.column_stack([rot, canvas / 2 - rot @ centre]), [0, 0, 1]])
-                _, scores, points = self.net.detect(self._sample(image, m, (canvas, canvas)),
-                                                    min_size=self.WINDOW_FACE / 2,
-                                                    near=(canvas / 2, canvas / 2, self.WINDOW_FACE))
-                inv = np.linalg.inv(m)
-                found += [(float(s), _apply(inv, p)) for s, p in zip(scores, points)]
+                rot = np.array([[np.cos(a), np.sin(a)], [-np.sin(a), np.cos(a)]]) * (self.WINDOW_FACE / side)
+                matrices.append(np.vstack([np.column_stack([rot, canvas / 2 - rot @ centre]), [0, 0, 1]]))
+        if not matrices:
+            return found
+        # All windows and rolls in one batch (same canvas size).
+        results = self.net.cascade_many([self._sample(image, m, (canvas, canvas)) for m in matrices],
+                                        min_size=self.WINDOW_FACE / 2, near=(canvas / 2, canvas / 2, self.WINDOW_FACE))
+        for m, (_, scores, points, _) in zip(matrices, results):
+            inv = np.linalg.inv(m)
+            found += [(float(s), _apply(inv, p)) for s, p in zip(scores, points)]
         return found
 
     @staticmethod
