@@ -282,54 +282,92 @@ def eye_distance(points: np.ndarray) -> float:
 class MTCNNDetector:
     """MTCNN in plain torch (:mod:`f2d.mtcnn`), made to find every visible face:
 
-    1. the cascade runs on the photo upright and turned by +-30 degrees, so faces rolled up to
-       ~60 degrees are found (one upright pass catches ~20);
-    2. detections of the same face from several passes are merged;
-    3. each face gets a second look: the photo is sampled so that face stands upright at a
+    1. the cascade runs on the photo upright (it finds faces rolled up to ~60 degrees there,
+       though it frames them poorly);
+    2. where the upright pass saw something face-like that it did not confirm (R-Net accepted
+       it, O-Net or the second look did not), the cascade runs again on that neighbourhood turned
+       by +-30 degrees -- the turned passes cost time only where they can find something new;
+    3. detections of the same face from several passes are merged;
+    4. each face gets a second look: the photo is sampled so that face stands upright at a
        fixed size in the middle of a small canvas, and the cascade runs again there. That look
        places the five points (MTCNN's points are best on upright, well-framed faces) and must
        confirm the face, which removes the rare false face a turned pass produces;
-    4. a photo with no face is padded and tried again: a face that fills the frame (a tight
+    5. a photo with no face is padded and tried again: a face that fills the frame (a tight
        112 px crop) has no margin for the 12 px proposal windows to fit around it.
+
+    ``device``: where the networks run ("cpu", "cuda", ...); the results are the same wherever
+    they run, up to float rounding.
     """
 
     name = "mtcnn"
-    ROLLS = (0.0, 30.0, -30.0)
+    ROLLS = (30.0, -30.0)  # the turned passes, around unconfirmed candidates
     CANVAS = 224  # side of the second-look canvas
     CANVAS_EYES = 48.0  # eye distance there, px: the face spans ~150 px, O-Net sees it at 48
     CONFIRM = 0.9  # second-look score a face must reach
     MIN_FACE = 24.0  # smallest face box (px) the upright pass looks for
-    MIN_FACE_TURNED = 40.0
     UPRIGHT_MAX_SIDE = 2048
     CLOSE_UP_SIDE = 256
+    WINDOW = 3.0  # a turned pass's neighbourhood: this many candidate sides across
+    WINDOW_FACE = 64.0  # the candidate's side there, px
+    MAX_WINDOWS = 8  # turned neighbourhoods per photo, best R-Net scores first
 
-    def __init__(self, weights: str | os.PathLike | None = None):
+    def __init__(self, weights: str | os.PathLike | None = None, device: str | None = None):
         from .mtcnn import MTCNN, MTCNNWeightsError
 
+        self.device = str(device or "cpu")
         try:
-            self.net = MTCNN.from_available_weights(Path(weights) if weights else None)
+            self.net = MTCNN.from_available_weights(Path(weights) if weights else None, self.device)
         except (MTCNNWeightsError, OSError) as e:
             raise DetectorUnavailable(str(e)) from None
 
-    def _passes(self, image: np.ndarray, rolls) -> list[tuple[float, np.ndarray]]:
-        """(score, five points in ``image`` pixels) from the cascade on each turned copy.
+    def _upright(self, image: np.ndarray) -> tuple[list[tuple[float, np.ndarray]], np.ndarray]:
+        """(score, five points) per face of the upright pass, and its candidates (M, 5: square box,
+        R-Net score), in ``image`` pixels. The photo is seen at up to UPRIGHT_MAX_SIDE px, faces
+        from MIN_FACE px (a 4000 px group photo keeps faces with ~20 px eye distance)."""
+        small, scale = _scaled_for_detection(image, self.UPRIGHT_MAX_SIDE)
+        _, scores, points, candidates = self.net.cascade(small, min_size=self.MIN_FACE)
+        candidates = candidates.copy()
+        candidates[:, :4] /= scale
+        return [(float(s), p / scale) for s, p in zip(scores, points)], candidates
 
-        Upright: the photo at up to UPRIGHT_MAX_SIDE px, faces from MIN_FACE px (a 4000 px group
-        photo keeps faces with ~20 px eye distance). Turned: up to DETECT_MAX_SIDE px, faces from
-        MIN_FACE_TURNED px -- they are there for clearly visible rolled faces, and a turned copy
-        holds up to twice the pixels of the photo."""
-        found = []
-        for roll in rolls:
-            small, scale = _scaled_for_detection(image, DETECT_MAX_SIDE if roll else self.UPRIGHT_MAX_SIDE)
-            h, w = small.shape[:2]
-            if roll:
-                m, size = _rotation((w, h), roll)
-                turned = _affine_sample(small, m, size)
-            else:
-                m, turned = np.eye(3), small
-            _, scores, points = self.net.detect(turned, min_size=self.MIN_FACE_TURNED if roll else self.MIN_FACE)
+    def _sample(self, image: np.ndarray, m: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+        """``image`` mapped by forward matrix ``m`` into a ``size`` canvas; shrinking by more than
+        2 samples a reduced copy, as bilinear sampling would alias."""
+        shrink = 1.0 / np.sqrt(abs(np.linalg.det(m[:2, :2])))
+        if shrink > 2:
+            from PIL import Image
+
+            f = int(shrink // 1.5)
+            return _affine_sample(np.asarray(Image.fromarray(image).reduce(f)), m @ np.diag([f, f, 1.0]), size)
+        return _affine_sample(image, m, size)
+
+    def _turned_near(self, image: np.ndarray, candidates: np.ndarray, faces: list[np.ndarray]) -> list:
+        """(score, points) from the turned passes around each candidate that no face explains."""
+        found, windows = [], []
+        for x0, y0, x1, y1, _ in candidates[np.argsort(-candidates[:, 4])]:
+            centre, side = np.array([(x0 + x1) / 2, (y0 + y1) / 2]), max(x1 - x0, 1.0)
+            near = lambda p, r: np.linalg.norm(centre - p) <= r  # noqa: E731
+            if any(near(f[:2].mean(0), 1.5 * eye_distance(f)) for f in faces) \
+                    or any(near(c, 0.5 * s) for c, s in windows):
+                continue
+            windows.append((centre, side))
+            if len(windows) >= self.MAX_WINDOWS:
+                break
+        canvas = int(np.ceil(self.WINDOW * self.WINDOW_FACE))
+        matrices = []
+        for centre, side in windows:
+            for roll in self.ROLLS:
+                a = np.radians(roll)
+                rot = np.array([[np.cos(a), np.sin(a)], [-np.sin(a), np.cos(a)]]) * (self.WINDOW_FACE / side)
+                matrices.append(np.vstack([np.column_stack([rot, canvas / 2 - rot @ centre]), [0, 0, 1]]))
+        if not matrices:
+            return found
+        # All windows and rolls in one batch (same canvas size).
+        results = self.net.cascade_many([self._sample(image, m, (canvas, canvas)) for m in matrices],
+                                        min_size=self.WINDOW_FACE / 2, near=(canvas / 2, canvas / 2, self.WINDOW_FACE))
+        for m, (_, scores, points, _) in zip(matrices, results):
             inv = np.linalg.inv(m)
-            found += [(float(s), _apply(inv, p) / scale) for s, p in zip(scores, points)]
+            found += [(float(s), _apply(inv, p)) for s, p in zip(scores, points)]
         return found
 
     @staticmethod
@@ -350,33 +388,37 @@ class MTCNNDetector:
     def _second_look(self, image: np.ndarray, points: np.ndarray):
         """Re-detect the face at ``points`` upright and centred: (score, points, box) in
         ``image`` pixels, or None."""
+        return self._second_looks(image, [points])[0]
+
+    def _second_looks(self, image: np.ndarray, points: list[np.ndarray]) -> list:
+        """:meth:`_second_look` for several faces, the cascade run once over all their canvases."""
         from .align import ARCFACE_TEMPLATE, similarity_transform
 
+        if not points:
+            return []
         tpl = ARCFACE_TEMPLATE - ARCFACE_TEMPLATE.mean(0)
         tpl = tpl * self.CANVAS_EYES / np.linalg.norm(tpl[1] - tpl[0]) + self.CANVAS / 2
-        m = similarity_transform(points, tpl)
-        src, m_src = image, m
-        shrink = 1.0 / np.sqrt(abs(np.linalg.det(m[:2, :2])))  # image px per canvas px
-        if shrink > 2:  # big face: sample from a reduced copy, as bilinear sampling would alias
-            from PIL import Image
-
-            f = int(shrink // 1.5)
-            src = np.asarray(Image.fromarray(image).reduce(f))
-            m_src = m @ np.diag([f, f, 1.0])
-        canvas = _affine_sample(src, m_src, (self.CANVAS, self.CANVAS))
-        boxes, scores, pts = self.net.detect(canvas, min_size=self.CANVAS_EYES * 1.5)
-        if not len(scores):
-            return None
-        i = int(np.argmin([np.linalg.norm(p[:2].mean(0) - tpl[:2].mean(0)) for p in pts]))
-        if np.linalg.norm(pts[i][:2].mean(0) - tpl[:2].mean(0)) > 0.5 * self.CANVAS_EYES:
-            return None
+        matrices = [similarity_transform(p, tpl) for p in points]
+        canvases = [self._sample(image, m, (self.CANVAS, self.CANVAS)) for m in matrices]
+        found = self.net.cascade_many(canvases, min_size=self.CANVAS_EYES * 1.5,
+                                      near=(self.CANVAS / 2, self.CANVAS / 2, self.CANVAS_EYES))
+        chosen = {}
+        for k, (boxes, scores, pts, _) in enumerate(found):
+            if not len(scores):
+                continue
+            i = int(np.argmin([np.linalg.norm(p[:2].mean(0) - tpl[:2].mean(0)) for p in pts]))
+            if np.linalg.norm(pts[i][:2].mean(0) - tpl[:2].mean(0)) <= 0.5 * self.CANVAS_EYES:
+                chosen[k] = (float(scores[i]), boxes[i])
         # Points from O-Net run on its own final box (the cascade places them on the box it had
         # before the last regression).
-        refined = self.net.points_in_box(canvas, boxes[i])
-        inv = np.linalg.inv(m)
-        x0, y0, x1, y1 = boxes[i]
-        corners = _apply(inv, np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]]))
-        return float(scores[i]), _apply(inv, refined), np.concatenate([corners.min(0), corners.max(0)])
+        refined = dict(zip(chosen, self.net.points_in_boxes([canvases[k] for k in chosen],
+                                                            [b for _, b in chosen.values()])))
+        out = [None] * len(points)
+        for k, (score, (x0, y0, x1, y1)) in chosen.items():
+            inv = np.linalg.inv(matrices[k])
+            corners = _apply(inv, np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]]))
+            out[k] = (score, _apply(inv, refined[k]), np.concatenate([corners.min(0), corners.max(0)]))
+        return out
 
     def detect(self, image: np.ndarray, index: int = 0) -> list[Face]:
         import torch
@@ -391,9 +433,47 @@ class MTCNNDetector:
         finally:
             torch.set_num_threads(threads)
 
+    def _confirm(self, image: np.ndarray, groups, index: int, quiet: bool = False) -> list:
+        """The faces of ``groups`` that their second look confirms: (score, points, box) each.
+
+        The best-scoring pass can still place the points badly on a rolled face (the upright
+        pass sees a 35 degree face as a face, its eyes nearly level); the second look then frames
+        it wrongly and fails, and the group's next detection is tried. Each round looks at one
+        detection of every group still open, in one batch."""
+        confirmed: list = []
+        open_groups = list(enumerate(groups))
+        depth = 0
+        while open_groups:
+            trying = [(g, group[depth]) for g, group in open_groups if depth < len(group)]
+            if not trying:
+                break
+            looks = self._second_looks(image, [pts for _, (_, pts) in trying])
+            done = set()
+            for (g, (score, _)), look in zip(trying, looks):
+                if look is not None and look[0] >= self.CONFIRM:
+                    confirmed.append((g, (max(score, look[0]), look[1], look[2])))
+                    done.add(g)
+            open_groups = [(g, group) for g, group in open_groups if g not in done and depth + 1 < len(group)]
+            depth += 1
+        if not quiet:
+            for g, group in enumerate(groups):
+                if g not in {c[0] for c in confirmed}:
+                    log.info("image %d: a face candidate at %s was not confirmed; ignored", index,
+                             group[0][1][2].round())
+        return [c for _, c in sorted(confirmed, key=lambda c: c[0])]
+
     def _detect(self, image: np.ndarray, index: int) -> list[Face]:
-        groups = self._groups(self._passes(image, self.ROLLS))
-        if not groups:
+        upright, candidates = self._upright(image)
+        groups = self._groups(upright)
+        confirmed = self._confirm(image, groups, index, quiet=True)
+        turned = self._turned_near(image, candidates, [p for _, p, _ in confirmed])
+        if turned:
+            # Unconfirmed upright detections get another chance with the turned ones' points.
+            done = [p for _, p, _ in confirmed]
+            rest = [(s, p) for s, p in upright + turned
+                    if not any(np.linalg.norm(p[:2].mean(0) - d[:2].mean(0)) <= 0.5 * eye_distance(d) for d in done)]
+            confirmed += self._confirm(image, self._groups(rest), index)
+        if not confirmed and not groups and not turned:
             # A face that fills the frame is large at any size: retry small, so the retry costs
             # little on the photos that truly hold no face.
             small, scale = _scaled_for_detection(image, self.CLOSE_UP_SIDE)
@@ -401,19 +481,9 @@ class MTCNNDetector:
             pad = max(h, w) // 3
             m = np.array([[1.0, 0, pad], [0, 1, pad], [0, 0, 1]])
             framed = _affine_sample(small, m, (w + 2 * pad, h + 2 * pad))
-            groups = [[(s, (p - pad) / scale) for s, p in g] for g in self._groups(self._passes(framed, (0.0,)))]
-        confirmed = []
-        for group in groups:
-            # The best-scoring pass can still place the points badly on a rolled face (the
-            # upright pass sees a 35 degree face as a face, its eyes nearly level); the second
-            # look then frames it wrongly and fails, and the next pass's points are tried.
-            for score, pts in group:
-                look = self._second_look(image, pts)
-                if look is not None and look[0] >= self.CONFIRM:
-                    confirmed.append((max(score, look[0]), look[1], look[2]))
-                    break
-            else:
-                log.info("image %d: a face candidate at %s was not confirmed; ignored", index, group[0][1][2].round())
+            _, scores, points = self.net.detect(framed, min_size=self.MIN_FACE)
+            groups = self._groups([(float(s), (p - pad) / scale) for s, p in zip(scores, points)])
+            confirmed = self._confirm(image, groups, index)
         # Two candidates can settle on the same face in their second looks.
         kept = [g[0][1] for g in self._groups([(s, p) for s, p, _ in confirmed])]
         return [Face(box=b, points=p, score=s) for s, p, b in confirmed if any(p is k for k in kept)]
@@ -528,11 +598,13 @@ def how_to_get_a_detector(insightface_roots: Sequence[str | os.PathLike] = ()) -
 
 
 def get_detector(backend: str = "auto", insightface_roots: Sequence[str | os.PathLike] = (),
-                 insightface_pack: str | None = None, insightface_providers: Sequence[str] = ("CPUExecutionProvider",)):
+                 insightface_pack: str | None = None, insightface_providers: Sequence[str] = ("CPUExecutionProvider",),
+                 device: str | None = None):
     """A detector object with ``.name``, ``.detect(image, index) -> list[Face]`` and ``.why``
-    (which backend and, for auto, why that one)."""
+    (which backend and, for auto, why that one). ``device``: where MTCNN's networks run (the
+    host's torch device, e.g. "cuda:0"; default the CPU); the other backends ignore it."""
     if backend == "mtcnn":
-        det = MTCNNDetector()
+        det = MTCNNDetector(device=device)
     elif backend == "mediapipe":
         det = MediaPipeDetector()
     elif backend == "insightface":
@@ -540,12 +612,12 @@ def get_detector(backend: str = "auto", insightface_roots: Sequence[str | os.Pat
     elif backend != "auto":
         raise ValueError(f"unknown face detector '{backend}'; choose one of {', '.join(BACKENDS)}")
     else:
-        return _auto(insightface_roots, insightface_pack, insightface_providers)
+        return _auto(insightface_roots, insightface_pack, insightface_providers, device)
     det.why = det.name
     return det
 
 
-def _auto(roots, pack, providers):
+def _auto(roots, pack, providers, device=None):
     """insightface (the reference the ecosystem uses) when its models are there, else MTCNN
     (every face in the composed group photos, every platform), else mediapipe."""
     problems = []
@@ -559,7 +631,7 @@ def _auto(roots, pack, providers):
             problems.append(str(e))
             log.warning("insightface models found but unusable, trying the others: %s", e)
     reason = "insightface models present but unusable" if problems else "no insightface model pack"
-    for make in (MTCNNDetector, MediaPipeDetector):
+    for make in (lambda: MTCNNDetector(device=device), MediaPipeDetector):
         try:
             det = make()
         except DetectorUnavailable:

@@ -143,6 +143,7 @@ class MTCNN(nn.Module):
     def __init__(self, state: dict[str, torch.Tensor] | None = None, source: str = ""):
         super().__init__()
         self.pnet, self.rnet, self.onet = PNet(), RNet(), ONet()
+        self.to(memory_format=torch.channels_last)  # see _input
         if state is not None:
             self.load_flat(state, source)
         self.eval().requires_grad_(False)
@@ -162,75 +163,152 @@ class MTCNN(nn.Module):
         self.load_state_dict({k: v.float() for k, v in state.items()})
 
     @classmethod
-    def from_available_weights(cls, extra: Path | None = None) -> "MTCNN":
+    def from_available_weights(cls, extra: Path | None = None, device: str | torch.device = "cpu") -> "MTCNN":
         sources = weight_sources(extra)
         if not sources:
             raise MTCNNWeightsError(missing_weights_help())
-        return _cached(str(sources[0]), sources[0].stat().st_mtime_ns)
+        return _cached(str(sources[0]), sources[0].stat().st_mtime_ns, str(torch.device(device)))
+
+    @property
+    def device(self) -> torch.device:
+        return self.pnet.conv1.weight.device
 
     # -- detection ----------------------------------------------------------------------------
 
+    def _input(self, image: np.ndarray) -> torch.Tensor:
+        img = torch.from_numpy(np.array(image, np.uint8)).permute(2, 0, 1)[None].to(self.device).float()
+        # Channels-last: the cascade's 3-64 channel convolutions and poolings run ~1.6x faster so.
+        return ((img - 127.5) / 128.0).contiguous(memory_format=torch.channels_last)
+
     @torch.inference_mode()
     def detect(self, image: np.ndarray, min_size: float = 20.0, thresholds=(0.6, 0.7, 0.7),
-               factor: float = 0.709) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+               factor: float = 0.709, near: tuple[float, float, float] | None = None,
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Faces in an (H, W, 3) uint8 RGB image: boxes (N, 4) x0 y0 x1 y1, scores (N,),
-        points (N, 5, 2), all in image pixels."""
-        img = torch.from_numpy(np.array(image, np.uint8)).permute(2, 0, 1)[None].float()
-        img = (img - 127.5) / 128.0
-        h, w = image.shape[:2]
+        points (N, 5, 2), all in image pixels. ``near`` = (x, y, r): only faces whose proposal
+        box is centred within r px of (x, y) (a look at one known place; R-Net and O-Net then
+        score a handful of crops instead of every proposal of the photo)."""
+        return self.cascade(image, min_size, thresholds, factor, near)[:3]
+
+    @torch.inference_mode()
+    def cascade(self, image: np.ndarray, min_size: float = 20.0, thresholds=(0.6, 0.7, 0.7),
+                factor: float = 0.709, near: tuple[float, float, float] | None = None,
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`detect`'s boxes, scores and points, and the candidates: square boxes and R-Net
+        scores (M, 5) that R-Net accepted, whether or not O-Net then confirmed them (where a face
+        may be that this pass did not see well, e.g. a strongly rolled one)."""
+        return self.cascade_many([image], min_size, thresholds, factor, near)[0]
+
+    @torch.inference_mode()
+    def cascade_many(self, images: list[np.ndarray], min_size: float = 20.0, thresholds=(0.6, 0.7, 0.7),
+                     factor: float = 0.709, near: tuple[float, float, float] | None = None) -> list[tuple]:
+        """:meth:`cascade` for several images of one size, each network run once per pyramid
+        level / stage for all of them (the second looks of a group photo: one batch, not one
+        cascade per face). Each image's result is what :meth:`cascade` gives for it alone."""
+        img = torch.cat([self._input(im) for im in images]).contiguous(memory_format=torch.channels_last)
+        n, (h, w) = len(images), images[0].shape[:2]
+        none = np.zeros((0, 5))
         empty = (np.zeros((0, 4)), np.zeros(0), np.zeros((0, 5, 2)))
+        results: list = [empty + (none,)] * n
 
         # P-Net over the pyramid: scale s maps a face of min_size px onto the 12 px window.
-        boxes = []
+        per = [[] for _ in range(n)]
         scale = 12.0 / min_size
         while min(h, w) * scale >= 12:
             sh, sw = int(np.ceil(h * scale)), int(np.ceil(w * scale))
             level = F.interpolate(img, size=(sh, sw), mode="bilinear", antialias=True, align_corners=False)
-            prob, reg = self.pnet(level)
-            boxes.append(_proposals(prob[0], reg[0], scale, thresholds[0]))
+            prob, reg = (t.cpu() for t in self.pnet(level))
+            for i in range(n):
+                per[i].append(_proposals(prob[i], reg[i], scale, thresholds[0]))
             scale *= factor
-        boxes = torch.cat(boxes) if boxes else torch.zeros(0, 9)
-        if not len(boxes):
-            return empty
-        boxes = boxes[nms(boxes[:, :4], boxes[:, 4], 0.7)]
-        boxes = _square(_regress(boxes[:, :4], boxes[:, 5:9])).round()
+        stage = {}  # image -> its boxes going into the next stage
+        for i in range(n):
+            boxes = torch.cat(per[i]) if per[i] else torch.zeros(0, 9)
+            if not len(boxes):
+                continue
+            boxes = boxes[nms(boxes[:, :4], boxes[:, 4], 0.7)]
+            boxes = _square(_regress(boxes[:, :4], boxes[:, 5:9])).round()
+            if near is not None:
+                centre = (boxes[:, :2] + boxes[:, 2:4]) / 2
+                boxes = boxes[(centre - torch.tensor(near[:2], dtype=boxes.dtype)).norm(dim=1) <= near[2]]
+            if len(boxes):
+                stage[i] = boxes
 
         # R-Net on 24 px crops.
-        prob, reg = self.rnet(_crops(img, boxes, 24))
-        keep = prob >= thresholds[1]
-        boxes, prob, reg = boxes[keep], prob[keep], reg[keep]
-        if not len(boxes):
-            return empty
-        k = nms(boxes, prob, 0.7)
-        boxes = _square(_regress(boxes[k], reg[k])).round()
+        outs = self._batched(self.rnet, img, stage, 24)
+        candidates = {}
+        for i, (prob, reg) in outs.items():
+            boxes = stage.pop(i)
+            keep = prob >= thresholds[1]
+            boxes, prob, reg = boxes[keep], prob[keep], reg[keep]
+            if not len(boxes):
+                continue
+            k = nms(boxes, prob, 0.7)
+            stage[i] = _square(_regress(boxes[k], reg[k])).round()
+            candidates[i] = torch.cat([stage[i], prob[k][:, None]], 1).double().numpy()
+            results[i] = empty + (candidates[i],)
 
         # O-Net on 48 px crops: final score, box and points.
-        prob, reg, marks = self.onet(_crops(img, boxes, 48))
-        keep = prob >= thresholds[2]
-        boxes, prob, reg, marks = boxes[keep], prob[keep], reg[keep], marks[keep]
-        if not len(boxes):
-            return empty
-        bw, bh = (boxes[:, 2] - boxes[:, 0])[:, None], (boxes[:, 3] - boxes[:, 1])[:, None]
-        points = torch.stack([boxes[:, :1] + bw * marks[:, :5], boxes[:, 1:2] + bh * marks[:, 5:]], dim=2)
-        boxes = _regress(boxes, reg)
-        k = nms(boxes, prob, 0.7, by_smaller_area=True)
-        return boxes[k].double().numpy(), prob[k].double().numpy(), points[k].double().numpy()
+        for i, (prob, reg, marks) in self._batched(self.onet, img, stage, 48).items():
+            boxes = stage[i]
+            keep = prob >= thresholds[2]
+            boxes, prob, reg, marks = boxes[keep], prob[keep], reg[keep], marks[keep]
+            if not len(boxes):
+                continue
+            bw, bh = (boxes[:, 2] - boxes[:, 0])[:, None], (boxes[:, 3] - boxes[:, 1])[:, None]
+            points = torch.stack([boxes[:, :1] + bw * marks[:, :5], boxes[:, 1:2] + bh * marks[:, 5:]], dim=2)
+            boxes = _regress(boxes, reg)
+            k = nms(boxes, prob, 0.7, by_smaller_area=True)
+            results[i] = (boxes[k].double().numpy(), prob[k].double().numpy(), points[k].double().numpy(),
+                          candidates[i])
+        return results
 
+    @staticmethod
+    def _batched(net, img: torch.Tensor, boxes: dict[int, torch.Tensor], size: int) -> dict[int, tuple]:
+        """``net`` on the crops of every image's boxes in one call; its outputs split per image."""
+        if not boxes:
+            return {}
+        order = list(boxes)
+        crops = torch.cat([_crops(img[i:i + 1], boxes[i], size) for i in order])
+        outs = [t.cpu() for t in net(crops)]
+        split, start = {}, 0
+        for i in order:
+            end = start + len(boxes[i])
+            split[i] = tuple(t[start:end] for t in outs)
+            start = end
+        return split
 
     @torch.inference_mode()
     def points_in_box(self, image: np.ndarray, box: np.ndarray) -> np.ndarray:
         """O-Net's five points for the face in ``box`` (x0 y0 x1 y1) of an RGB uint8 image."""
-        img = (torch.from_numpy(np.array(image, np.uint8)).permute(2, 0, 1)[None].float() - 127.5) / 128.0
-        b = _square(torch.tensor(np.asarray(box, np.float32)[None, :4])).round()
-        _, _, marks = self.onet(_crops(img, b, 48))
-        side = b[:, 2:4] - b[:, :2]
-        return torch.stack([b[:, 0:1] + side[:, 0:1] * marks[:, :5], b[:, 1:2] + side[:, 1:2] * marks[:, 5:]],
-                           2)[0].double().numpy()
+        return self.points_in_boxes([image], [box])[0]
 
-@functools.lru_cache(maxsize=2)
-def _cached(source: str, mtime_ns: int) -> MTCNN:
-    """One loaded network per weight file (the nodes ask for a detector on every run)."""
-    return MTCNN(load_state(Path(source)), source)
+    @torch.inference_mode()
+    def points_in_boxes(self, images: list[np.ndarray], boxes: list[np.ndarray]) -> list[np.ndarray]:
+        """:meth:`points_in_box` for one box in each image, O-Net run once for all."""
+        if not images:
+            return []
+        crops = []
+        squares = []
+        for image, box in zip(images, boxes):
+            b = _square(torch.tensor(np.asarray(box, np.float32)[None, :4])).round()
+            crops.append(_crops(self._input(image), b, 48))
+            squares.append(b)
+        _, _, marks = self.onet(torch.cat(crops))
+        marks = marks.cpu()
+        out = []
+        for k, b in enumerate(squares):
+            side = b[:, 2:4] - b[:, :2]
+            m = marks[k:k + 1]
+            out.append(torch.stack([b[:, 0:1] + side[:, 0:1] * m[:, :5], b[:, 1:2] + side[:, 1:2] * m[:, 5:]],
+                                   2)[0].double().numpy())
+        return out
+
+
+@functools.lru_cache(maxsize=4)
+def _cached(source: str, mtime_ns: int, device: str = "cpu") -> MTCNN:
+    """One loaded network per weight file and device (the nodes ask for a detector on every run)."""
+    return MTCNN(load_state(Path(source)), source).to(device)
 
 
 def _proposals(prob, reg, scale, threshold):
@@ -259,14 +337,14 @@ def _square(boxes):
 def _crops(img, boxes, size):
     """Each box cut from ``img`` (black outside the image) and resized to size x size."""
     _, _, h, w = img.shape
-    out = torch.zeros(len(boxes), 3, size, size)
+    out = torch.zeros(len(boxes), 3, size, size, device=img.device)
     for i, (x0, y0, x1, y1) in enumerate(boxes.round().int().tolist()):
         bw, bh = max(1, x1 - x0), max(1, y1 - y0)
         sx0, sy0, sx1, sy1 = max(0, x0), max(0, y0), min(w, x0 + bw), min(h, y0 + bh)
         if (sx0, sy0, sx1, sy1) == (x0, y0, x0 + bw, y0 + bh):
             patch = img[:, :, y0:y0 + bh, x0:x0 + bw]
         else:
-            patch = torch.full((1, 3, bh, bw), -127.5 / 128.0)
+            patch = torch.full((1, 3, bh, bw), -127.5 / 128.0, device=img.device)
             if sx1 > sx0 and sy1 > sy0:
                 patch[:, :, sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = img[:, :, sy0:sy1, sx0:sx1]
         out[i] = F.interpolate(patch, size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
@@ -279,17 +357,21 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, threshold: float, by_smaller_
     if not len(boxes):
         return torch.zeros(0, dtype=torch.long)
     order = torch.argsort(scores, descending=True)
-    b = boxes[order].float()
-    area = (b[:, 2] - b[:, 0]).clamp(min=0) * (b[:, 3] - b[:, 1]).clamp(min=0)
-    alive = torch.ones(len(b), dtype=torch.bool)
+    b = boxes[order].float().numpy()
+    area = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
+    alive = np.ones(len(b), dtype=bool)
     keep = []
+    # One numpy row per kept box (not per box): P-Net gives thousands of proposals per photo.
     for i in range(len(b)):
         if not alive[i]:
             continue
         keep.append(i)
-        lt = torch.maximum(b[i, :2], b[:, :2])
-        rb = torch.minimum(b[i, 2:4], b[:, 2:4])
-        inter = (rb - lt).clamp(min=0).prod(1)
-        union = torch.minimum(area[i], area) if by_smaller_area else area[i] + area - inter
-        alive &= inter / union.clamp(min=1e-9) <= threshold
-    return order[torch.tensor(keep, dtype=torch.long)]
+        rest = np.flatnonzero(alive[i + 1:]) + i + 1
+        if not len(rest):
+            break
+        lt = np.maximum(b[i, :2], b[rest, :2])
+        rb = np.minimum(b[i, 2:4], b[rest, 2:4])
+        inter = np.clip(rb - lt, 0, None).prod(1)
+        union = np.minimum(area[i], area[rest]) if by_smaller_area else area[i] + area[rest] - inter
+        alive[rest[inter / np.maximum(union, 1e-9) > threshold]] = False
+    return order[torch.as_tensor(keep, dtype=torch.long)]

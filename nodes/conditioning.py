@@ -1,9 +1,13 @@
 """Prompt conditioning with the identity, and a sampler that uses it."""
 from __future__ import annotations
 
+import hashlib
 import importlib
 import logging
 import math
+import threading
+import weakref
+from collections import OrderedDict
 
 import comfy.samplers
 import node_helpers
@@ -36,6 +40,24 @@ def _stream_encoder(clip, key: str):
     return encoder
 
 
+_TABLES: dict[int, tuple] = {}
+
+
+def _cpu_position_table(encoder) -> torch.Tensor:
+    """The stream's position table as float32 on the CPU, copied once per table (not per prompt):
+    on a GPU each copy is a device round trip that waits for queued work. Copied again when the
+    table is replaced or changed in place (its version counter)."""
+    table = position_table(encoder)
+    key = (table.device, table.dtype, table.data_ptr(), table._version)
+    hit = _TABLES.get(id(table))
+    if hit is None or hit[0]() is not table or hit[1] != key:
+        if len(_TABLES) > 16:
+            _TABLES.clear()
+        hit = (weakref.ref(table), key, table.detach().float().cpu())
+        _TABLES[id(table)] = hit
+    return hit[2]
+
+
 def identity_tokens_for(clip, text: str, id_tokens: F2DIdTokens, identifier: str) -> dict:
     """ComfyUI's tokens for ``text`` with the identifier words replaced by the identity tokens:
     the ComfyUI adapter of f2d.tokens' rule, applied to each of the host's token streams."""
@@ -48,7 +70,7 @@ def identity_tokens_for(clip, text: str, id_tokens: F2DIdTokens, identifier: str
     out = {}
     for key, chunks in tokens.items():  # every stream the host tokenized, as its PhotoMaker node does
         words = ident[key][0]
-        table = position_table(_stream_encoder(clip, key))
+        table = _cpu_position_table(_stream_encoder(clip, key))
         if table.shape[-1] != STREAM_WIDTHS[key]:
             raise IdentifierError(unsupported_streams_message(tokens))
         vectors = identity_replacements(
@@ -98,6 +120,70 @@ def identity_schedule(clip, text: str, id_tokens: F2DIdTokens, identifier: str, 
     if end < 1.0:
         out += node_helpers.conditioning_set_values(plain, {"start_percent": end, "end_percent": 1.0})
     return out
+
+
+class ConditioningCache:
+    """The last few encoded prompts of F2D Sampler, so that a new seed, sampler or step count
+    does not encode prompt and negative again (the host caches CLIPTextEncode's output by its
+    inputs; a sampler that encodes inside must do the same to cost no more).
+
+    The key holds everything the encoding depends on: the text encoder module (by identity,
+    checked through a weak reference so that a freed one's reused id cannot hit), its weight
+    patches (a LoRA on the CLIP gives the patcher a new ``patches_uuid``), the CLIP-skip layer,
+    the tokenizer options, the text, and for the identity prompt the identifier, the window and
+    a hash of the identity tokens' bytes. A CLIP with hooks (scheduled CLIP weights) is never
+    cached: its encoding depends on state outside these inputs."""
+
+    def __init__(self, size: int = 8):
+        self.size = size
+        self._entries: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def clip_key(clip) -> tuple | None:
+        patcher = getattr(clip, "patcher", None)
+        model = getattr(clip, "cond_stage_model", None)
+        if patcher is None or model is None or getattr(patcher, "forced_hooks", None) is not None \
+                or getattr(clip, "apply_hooks_to_conds", None) or getattr(clip, "use_clip_schedule", False):
+            return None
+        object_patches = tuple(sorted((k, id(v)) for k, v in getattr(patcher, "object_patches", {}).items()))
+        return (id(model), str(getattr(patcher, "patches_uuid", None)), object_patches, getattr(clip, "layer_idx", None),
+                repr(sorted(getattr(clip, "tokenizer_options", {}).items())), id(getattr(clip, "tokenizer", None)))
+
+    @staticmethod
+    def tokens_digest(id_tokens: F2DIdTokens) -> str:
+        h = hashlib.blake2b(digest_size=16)
+        for t in (id_tokens.tokens.first, id_tokens.tokens.last):
+            t = t.detach().cpu().contiguous()
+            h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+            h.update(t.view(torch.uint8).numpy().tobytes())
+        return h.hexdigest()
+
+    def get(self, clip, parts: tuple, encode):
+        """``encode()``'s result for this CLIP and ``parts``, encoded at most once while cached."""
+        ck = self.clip_key(clip)
+        if ck is None:
+            return encode()
+        key = ck + parts
+        with self._lock:
+            hit = self._entries.get(key)
+            if hit is not None and hit[0]() is clip.cond_stage_model:
+                self._entries.move_to_end(key)
+                return hit[1]
+        value = encode()
+        with self._lock:
+            self._entries[key] = (weakref.ref(clip.cond_stage_model), value)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+        return value
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
+SAMPLER_CONDITIONING = ConditioningCache()
 
 
 def _identity_inputs() -> list:
@@ -207,8 +293,13 @@ class F2DSampler(io.ComfyNode):
             if not math.isfinite(value):  # API prompts can send "nan", which passes the host's min/max
                 raise ValueError(f"{name} is {value}, not a number: set {name} to a finite value "
                                  f"({'7 is the official default' if name == 'cfg' else '1 for text-to-image'})")
-        positive = identity_schedule(clip, text, id_tokens, identifier, identity_start, identity_end)
-        negative_cond = _finite(clip.encode_from_tokens_scheduled(clip.tokenize(negative)), negative)
+        # Encoded once per prompt, identity and CLIP (see ConditioningCache): a new seed reuses them.
+        cache = SAMPLER_CONDITIONING
+        positive = cache.get(clip, ("identity", text, identifier, float(identity_start), float(identity_end),
+                                    cache.tokens_digest(id_tokens)),
+                             lambda: identity_schedule(clip, text, id_tokens, identifier, identity_start, identity_end))
+        negative_cond = cache.get(clip, ("plain", negative), lambda: _finite(
+            clip.encode_from_tokens_scheduled(clip.tokenize(negative)), negative))
         # The host's own KSampler path (noise, latent channels, masks, previews, progress and
         # interrupt), so the node follows the host wherever it changes.
         common_ksampler = importlib.import_module("nodes").common_ksampler

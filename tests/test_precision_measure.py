@@ -1,0 +1,51 @@
+"""The encoder mode chosen by measurement (f2d.precision.measure_modes): the machinery GPUs use
+to pick fp32/TF32/fp16/bf16 and CUDA graphs, exercised here with the modes this CPU has."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from f2d.identity import IdentityEncoder
+from f2d.precision import ModeRunner, measure_modes, measured_mode, modes_for
+
+
+@pytest.fixture(scope="module")
+def encoder(weight_files):
+    return IdentityEncoder.from_files(weight_files["msid", "pt"], weight_files["mapping", "pt"])
+
+
+def test_choice_is_the_fastest_mode_within_tolerance_of_fp32(encoder, reference):
+    choice = measure_modes(encoder, "cpu", modes=("fp32", "bf16"), batches=(1, 2), repeats=2,
+                           sample=reference["batch.input"])
+    by_mode = {r.mode: r for r in choice.results}
+    assert set(by_mode) == {"fp32", "bf16"}
+    assert by_mode["fp32"].error == 0.0 and by_mode["fp32"].ok
+    assert by_mode["bf16"].error > 1e-6  # bf16 really ran
+    assert by_mode["bf16"].ok == (by_mode["bf16"].error <= 1e-4)
+    chosen = by_mode[choice.mode]
+    assert chosen.ok
+    assert all(r.ms_per_face[1] >= chosen.ms_per_face[1] for r in choice.results if r.ok)
+    assert measured_mode("cpu") is choice
+    assert "<- chosen" in choice.table() and choice.mode in choice.table()
+    # The chosen mode's tokens stay within 1e-4 of the official ones.
+    first, last = ModeRunner(encoder, choice.mode, "cpu")(reference["batch.input"])
+    err = max((first - reference["batch.first.null_exp"]).abs().max().item(),
+              (last - reference["batch.last.null_exp"]).abs().max().item())
+    assert err <= 1e-4
+
+
+def test_a_looser_tolerance_admits_bf16(encoder, reference):
+    choice = measure_modes(encoder, "cpu", modes=("fp32", "bf16"), batches=(1,), repeats=1, tolerance=1.0,
+                           sample=reference["batch.input"])
+    assert all(r.ok for r in choice.results)
+
+
+def test_runner_leaves_the_encoder_alone_and_cuda_only_modes_are_refused(encoder):
+    before = encoder.precision
+    ModeRunner(encoder, "bf16", "cpu")
+    assert encoder.precision == before
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        ModeRunner(encoder, "fp16+graph", "cpu")
+    with pytest.raises(ValueError, match="unknown mode"):
+        ModeRunner(encoder, "int8", "cpu")
+    assert "tf32" not in modes_for("cpu") and "fp16+graph" in modes_for("cuda")
