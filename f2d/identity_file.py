@@ -102,7 +102,7 @@ def _metadata(raw: str | None, path: Path) -> dict:
                                 f"{VERSION}. {RESAVE}")
     if meta.get("format") == FORMAT and version > VERSION:
         raise IdentityFileError(f"{path}: written by a newer Face2Diffusion pack (identity file version {version}; "
-                                f"this one reads version {VERSION}). Update the pack, or make the identity again here.")
+                                f"this one reads version {VERSION}). Update the pack, or {RESAVE[0].lower() + RESAVE[1:]}")
     # Only plain values travel on (they are saved again by F2D Save Identity and shown to users).
     return {str(k)[:100]: (v[:1000] if isinstance(v, str) else v) for k, v in meta.items()
             if isinstance(v, (str, int, float, bool)) or v is None}
