@@ -335,6 +335,33 @@ function setupEncodeNode(node) {
   setNote(node, ["the face used from each photo shows here after a run"], "info");
 }
 
+// --- whose run failed ------------------------------------------------------------------------
+// The server knows who queued a prompt: its queue and history entries are
+// [number, prompt_id, prompt, extra_data, outputs], extra_data.client_id being the page's.
+function queuedEntry(entry, promptId) {
+  return Array.isArray(entry) && entry[1] === promptId ? entry : null;
+}
+
+async function queuedByThisPage(promptId, nodeId) {
+  if (!promptId) return false;
+  const own = (entry) => entry?.[3]?.client_id === api.clientId && entry?.[2]?.[nodeId]?.class_type === "F2DEncodeIdentity";
+  // The error arrives while the prompt is still running; its history entry follows when it ends.
+  for (let attempt = 0; attempt < 40; attempt++) {
+    try {
+      const queue = await (await api.fetchApi("/queue")).json();
+      const running = [...(queue.queue_running ?? []), ...(queue.queue_pending ?? [])]
+        .map((q) => queuedEntry(q, promptId)).find(Boolean);
+      if (running) return own(running);
+      const history = await (await api.fetchApi(`/history/${encodeURIComponent(promptId)}`)).json();
+      if (history?.[promptId]) return own(history[promptId].prompt);
+    } catch {
+      return false;
+    }
+    await new Promise((r) => setTimeout(r, 250));
+  }
+  return false;
+}
+
 // --- registration ---------------------------------------------------------------------------
 app.registerExtension({
   name: "Face2Diffusion.ui",
@@ -342,11 +369,14 @@ app.registerExtension({
   async setup() {
     document.addEventListener("input", onTyping, true);
     // A failed run must not leave the faces of an earlier one on show as if they were current.
-    api.addEventListener("execution_error", (e) => {
+    // Only this page's runs count: a script's prompt (sent to every page) or another client's
+    // may fail at a node with the same id in a graph that is not this one.
+    api.addEventListener("execution_error", async (e) => {
       const id = String(e.detail?.node_id ?? "");
       const why = String(e.detail?.exception_message ?? "").split("\n")[0];
-      for (const node of nodesOfType("F2DEncodeIdentity")) {
-        if (String(node.id) !== id) continue;
+      const mine = nodesOfType("F2DEncodeIdentity").filter((node) => String(node.id) === id);
+      if (!mine.length || !(await queuedByThisPage(e.detail?.prompt_id, id))) return;
+      for (const node of mine) {
         node.f2dFacesNote = null;
         setNote(node, ["✗ the last run failed here:", why.length > 160 ? why.slice(0, 157) + "..." : why], "bad");
       }
