@@ -97,13 +97,19 @@ class Limits:
 MAX_HEADER = 4 * 2**20
 
 
+def _skeleton(kind: str) -> nn.Module:
+    """The model of ``kind`` on the meta device: its keys, shapes and dtypes without any memory."""
+    with torch.device("meta"):
+        return MODEL_KINDS[kind][0]()
+
+
 @functools.lru_cache(maxsize=None)
 def limits_for(kind: str | None) -> Limits:
     """Room for the largest F2D model stored in float64 with an optimizer's state beside it (a few
     hundred MB), and for the index of a mis-picked file (an SD checkpoint's ~1 100 keys), so that
     the message can say what the file is; the keys and shapes are checked against ``kind`` next."""
     sizes = [(len(sd), sum(v.numel() * 4 for v in sd.values()))
-             for sd in (cls().state_dict() for cls, _ in MODEL_KINDS.values())]
+             for sd in (_skeleton(kind).state_dict() for kind in MODEL_KINDS)]
     what = MODEL_KINDS[kind][1] if kind is not None else "an F2D weight file (msid.pt or mapping.pt)"
     return Limits(max(MAX_HEADER // 150, max(n for n, _ in sizes) * 4),
                   max(b for _, b in sizes) * 4 + 16 * 2**20, what)
@@ -378,12 +384,13 @@ def load_model(kind: str, path: str | os.PathLike, device: torch.device | str = 
     """Build the model of ``kind`` ("msid" or "mapping") and load ``path`` into it strictly."""
     if kind not in MODEL_KINDS:
         raise ValueError(f"unknown model kind {kind!r}; expected one of {sorted(MODEL_KINDS)}")
-    model = MODEL_KINDS[kind][0]()
-    state_dict, _ = load_tensors(path, kind, check=lambda index: check_state_dict(index, model, kind, path))
-    check_state_dict(state_dict, model, kind, path)
+    skeleton = _skeleton(kind)  # checked against before the model's own memory is spent
+    state_dict, _ = load_tensors(path, kind, check=lambda index: check_state_dict(index, skeleton, kind, path))
+    check_state_dict(state_dict, skeleton, kind, path)
     bad = [k for k, v in state_dict.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
         raise WeightsError(f"{path}: tensors hold NaN or infinite values ({', '.join(bad[:5])}); the file is damaged.")
+    model = MODEL_KINDS[kind][0]()
     model.load_state_dict(state_dict, strict=True)
     return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
 
@@ -398,9 +405,9 @@ def load_mapping(path: str | os.PathLike, **kw) -> MappingNetwork:
 
 def kind_of(state_dict: dict[str, torch.Tensor]) -> str | None:
     """"msid" or "mapping" when the tensors load strictly into that model, else None."""
-    for kind, (cls, _) in MODEL_KINDS.items():
+    for kind in MODEL_KINDS:
         try:
-            check_state_dict(state_dict, cls(), kind, "")
+            check_state_dict(state_dict, _skeleton(kind), kind, "")
             return kind
         except WeightsError:
             continue
@@ -416,7 +423,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike) -> str:
     kind = kind_of(state_dict)
     if kind is None and _looks_like(set(state_dict)) is not None:
         near = _looks_like(set(state_dict))
-        check_state_dict(state_dict, MODEL_KINDS[near][0](), near, src)  # says what does not fit
+        check_state_dict(state_dict, _skeleton(near), near, src)  # says what does not fit
     if kind is None:
         raise WeightsError(
             f"{src}: not an F2D checkpoint; it looks like {describe_state_dict(state_dict)}. "

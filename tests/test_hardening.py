@@ -245,3 +245,30 @@ def test_malformed_face_points_are_named(points, shown):
 def test_deeply_nested_face_points_json_is_named():
     with pytest.raises(PointsError, match="not valid JSON \\(nested too deeply\\)"):
         parse_face_points(deeply_nested_json())
+
+
+def _facenet_folder(folder):
+    """A facenet-pytorch data folder (pnet.pt, rnet.pt, onet.pt: plain state dicts) made from the
+    pack's converted MTCNN weights."""
+    from safetensors.torch import load_file
+
+    from f2d.mtcnn import NETS, WEIGHTS_FILE
+
+    if not WEIGHTS_FILE.is_file():
+        pytest.skip("the MTCNN weights are not installed (python install.py)")
+    flat = load_file(str(WEIGHTS_FILE))
+    folder.mkdir(parents=True, exist_ok=True)
+    for n in NETS:
+        torch.save({k.split(".", 1)[1]: v for k, v in flat.items() if k.startswith(n + ".")}, folder / f"{n}.pt")
+    return flat
+
+
+def test_mtcnn_weights_from_a_facenet_folder_are_read_through_the_checked_reader(tmp_path):
+    from f2d.mtcnn import MTCNNWeightsError, read_facenet_pytorch_weights
+
+    flat = _facenet_folder(tmp_path / "data")
+    read = read_facenet_pytorch_weights(tmp_path / "data")
+    assert read.keys() == flat.keys() and all(torch.equal(read[k], flat[k]) for k in flat)
+    deflated_zeros_pt(tmp_path / "data" / "rnet.pt", 2**28)
+    with pytest.raises(MTCNNWeightsError, match="rnet.pt: refused before reading it: its archive expands to 256.0 MB"):
+        read_facenet_pytorch_weights(tmp_path / "data")
