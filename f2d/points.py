@@ -59,8 +59,9 @@ def _depth(x) -> int:
     return d
 
 
-# Coordinates beyond this are no photo's pixels (nor 0..1 fractions): typos, overflowed values.
-MAX_COORDINATE = 1e6
+# Coordinates beyond this are no photo's pixels (nor 0..1 fractions): overflowed values such as
+# 1e308. Smaller ones off the photo are named against the photo's size when it is known.
+MAX_COORDINATE = 1e12
 
 
 def _numbers(values, what: str) -> np.ndarray:
@@ -84,7 +85,7 @@ def _canvas_size(entry: dict, key: str) -> float:
         size = float(value)
     except (TypeError, ValueError):
         size = float("nan")
-    if not (np.isfinite(size) and 1 <= size <= MAX_COORDINATE):
+    if not (np.isfinite(size) and 1 <= size <= 1e6):
         raise PointsError(f"face points: {key} is {str(value)[:40]!r}; it must be the width/height in pixels (a positive "
                           "number) of the image the keypoints were measured on, as the pose preprocessor writes it")
     return size
