@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import io
 import subprocess
 import sys
 import tempfile
@@ -105,11 +104,10 @@ def mtcnn_weights_present() -> bool:
 
 def install_mtcnn_weights() -> None:
     """facenet-pytorch's wheel, downloaded only, -> f2d/data/mtcnn.safetensors."""
-    import torch
     from safetensors.torch import save_file
 
     sys.path.insert(0, str(PACK))
-    from f2d.mtcnn import MTCNN, NETS, WEIGHTS_FILE
+    from f2d.mtcnn import MTCNN, NETS, WEIGHTS_FILE, read_facenet_pytorch_weights
 
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "pip", "--disable-pip-version-check", "download", "--no-deps",
@@ -117,12 +115,16 @@ def install_mtcnn_weights() -> None:
         print("+", " ".join(cmd), flush=True)
         subprocess.run(cmd, check=True)
         wheel = next(Path(tmp).glob("facenet_pytorch-*.whl"))
-        flat = {}
         with zipfile.ZipFile(wheel) as z:
             for n in NETS:
-                sd = torch.load(io.BytesIO(z.read(f"facenet_pytorch/data/{n}.pt")), map_location="cpu",
-                                weights_only=True)
-                flat.update({f"{n}.{k}": v.contiguous() for k, v in sd.items()})
+                # Through the library's checked reader: the sizes the archives declare are held to
+                # what an MTCNN net needs before anything is expanded.
+                member = z.getinfo(f"facenet_pytorch/data/{n}.pt")
+                if member.file_size > 8 * 2**20:
+                    raise SystemExit(f"{wheel.name}: {member.filename} expands to {member.file_size} bytes; "
+                                     "an MTCNN net is under 1 MB. The download is not facenet-pytorch's wheel.")
+                (Path(tmp) / f"{n}.pt").write_bytes(z.read(member))
+            flat = read_facenet_pytorch_weights(Path(tmp))
     MTCNN(flat, wheel.name)  # checks keys, shapes and finite values
     WEIGHTS_FILE.parent.mkdir(parents=True, exist_ok=True)
     save_file(flat, str(WEIGHTS_FILE), metadata={"source": f"{wheel.name} facenet_pytorch/data (MIT licence)"})

@@ -11,7 +11,14 @@ Starts ComfyUI with the tests' tiny SD1.x checkpoint and the formula F2D weights
 - in a fresh process each, the peak memory that encode_photos adds on top of the photo batch,
   encoding in chunks (f2d.identity.ENCODE_CHUNK) and, for comparison, in one pass as before.
 
+- files and text made to hurt the server (issue 21), each refused: a deflated .pt of 4 GB of zeros
+  chosen in F2D Load MSID, a .safetensors listing 1.3 million empty tensors, a 40 MB expression
+  (10 million numbers) in F2D Expression Vector: seconds from POST /prompt to the refusal, the
+  server's peak resident memory over its memory before, and the slowest answer to GET /queue
+  from another client while each is refused (next to the same figure for an idle server).
+
     .venv/bin/python bench/reliability.py [--interrupt-photos 240] [--memory-photos 400] [--skip-server]
+                                          [--only-hardening]
 
 Figures depend on the machine; compare them within one run (the encode chunk is in
 f2d.identity.ENCODE_CHUNK).
@@ -19,6 +26,7 @@ f2d.identity.ENCODE_CHUNK).
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import threading
@@ -117,6 +125,84 @@ def peak_rss_while(server, api) -> tuple[float, float, float, str]:
     return before / 2**20, peak[0] / 2**20, seconds, h["status"]["status_str"]
 
 
+def refusal(server, api) -> dict:
+    """POST ``api`` and wait for its refusal (HTTP 400, or the run's error), sampling the server's
+    resident memory and timing GET /queue from another client all the while."""
+    import psutil
+
+    proc = psutil.Process(server.proc.pid)
+    before = proc.memory_info().rss
+    peak, probes, done = [before], [], threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], proc.memory_info().rss)
+            time.sleep(0.02)
+
+    def probe():
+        while not done.is_set():
+            t = time.perf_counter()
+            server.get("/queue", timeout=120)
+            probes.append(time.perf_counter() - t)
+            time.sleep(0.05)
+
+    threads = [threading.Thread(target=f, daemon=True) for f in (sample, probe)]
+    for t in threads:
+        t.start()
+    time.sleep(0.3)
+    sent = time.time()
+    status, body = server.post("/prompt", {"prompt": api}, timeout=300)
+    if status == 400:
+        seconds, how = time.time() - sent, "refused by /prompt: " + json.dumps(body)[:150]
+    else:
+        h = server.wait_history(body["prompt_id"], timeout=600)
+        messages = dict((m[0], m[1]) for m in h["status"]["messages"])
+        err = messages.get("execution_error")
+        seconds = (err["timestamp"] / 1000 - sent) if err else float("nan")
+        how = f"run error: {err['exception_message'][:150]}" if err else h["status"]["status_str"]
+    time.sleep(0.3)
+    done.set()
+    for t in threads:
+        t.join()
+    return {"seconds": seconds, "before": before / 2**20, "peak": peak[0] / 2**20,
+            "slowest_other": max(probes, default=float("nan")), "how": how}
+
+
+def hardening(server, f2d: Path) -> None:
+    from crafted_files import deflated_zeros_pt, many_empty_tensors_safetensors
+
+    bomb = deflated_zeros_pt(f2d / "zeros_4g.pt", 4 * 2**30)
+    many_empty_tensors_safetensors(f2d / "empties.safetensors", 1_300_000)
+    server.wait_history(server.post("/prompt", {"prompt": {"1": {"class_type": "PreviewAny", "inputs": {
+        "source": "warm-up"}}}})[1]["prompt_id"])  # the first prompt's one-off costs are not a refusal's
+    idle = []
+    for _ in range(40):
+        t = time.perf_counter()
+        server.get("/queue")
+        idle.append(time.perf_counter() - t)
+        time.sleep(0.05)
+    print(f"files and text made to hurt the server (GET /queue from another client, idle server: median "
+          f"{sorted(idle)[20] * 1000:.0f} ms, slowest {max(idle) * 1000:.0f} ms)")
+
+    def load_msid(name):
+        return {"1": {"class_type": "F2DLoadMSID", "inputs": {"msid": name, "mapping": "mapping.pt"}},
+                "2": {"class_type": "LoadImage", "inputs": {"image": "astronaut.png"}},
+                "3": {"class_type": "F2DEncodeIdentity", "inputs": {"f2d_model": ["1", 0], "image": ["2", 0],
+                                                                    "detector": "auto", "face": "largest",
+                                                                    "skip_faceless": False}},
+                "4": {"class_type": "PreviewImage", "inputs": {"images": ["3", 1]}}}
+
+    expression = {"1": {"class_type": "F2DExpressionVector", "inputs": {"values": "0.1 " * 10_000_000}},
+                  "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 0]}}}
+    for label, api in ((f"deflated .pt, 4 GB of zeros in {bomb.stat().st_size / 2**20:.0f} MB, as msid", load_msid("zeros_4g.pt")),
+                       (".safetensors listing 1.3 million empty tensors, as msid", load_msid("empties.safetensors")),
+                       ("expression of 10 million numbers (40 MB)", expression)):
+        r = refusal(server, api)
+        print(f"  {label}:\n    refused after {r['seconds']:.2f} s; server memory {r['before']:.0f} MB before, "
+              f"peak {r['peak']:.0f} MB (+{r['peak'] - r['before']:.0f} MB); another client's GET /queue: "
+              f"slowest {r['slowest_other'] * 1000:.0f} ms\n    {r['how']}")
+
+
 def child_peak(photos: int, chunk: int) -> None:
     """Run in a fresh process: the resident-memory peak that encode_photos adds, in MB."""
     import resource
@@ -151,6 +237,7 @@ def main() -> None:
     ap.add_argument("--after", type=float, nargs="+", default=[2.0, 8.0, 20.0],
                     help="seconds into the encode at which to interrupt")
     ap.add_argument("--skip-server", action="store_true", help="only the in-process memory comparison")
+    ap.add_argument("--only-hardening", action="store_true", help="only the crafted files and text (issue 21)")
     ap.add_argument("--child", type=int, nargs=2, metavar=("PHOTOS", "CHUNK"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -160,6 +247,8 @@ def main() -> None:
 
     from f2d.identity import ENCODE_CHUNK
 
+    if args.only_hardening:
+        return with_server(args)
     print(f"memory that encode_photos adds for {args.memory_photos} photos of 512x512 "
           "(landmarks given; a fresh process each)")
     for label, chunk in ((f"in chunks of {ENCODE_CHUNK}", ENCODE_CHUNK), ("in one pass (before)", args.memory_photos)):
@@ -168,7 +257,10 @@ def main() -> None:
         print(f"  {label:24s} +{out} MB")
     if args.skip_server:
         return
+    with_server(args)
 
+
+def with_server(args) -> None:
     fixtures = require_fixtures()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -189,6 +281,9 @@ def main() -> None:
                       IdentityTokens(ref["mapping.first.null_exp"], ref["mapping.last.null_exp"]))
 
         with ComfyServer(base) as server:
+            hardening(server, f2d)
+            if args.only_hardening:
+                return
             print("interrupt latency (s from POST /interrupt to ComfyUI's execution_interrupted)")
             queue(server, sampling_graph(1))  # warm-up: checkpoint load
             time.sleep(3)

@@ -16,6 +16,10 @@ from .mapping import EXPRESSION_DIM
 # 3DMM expression coefficients lie within about +-5; 100 leaves room for exaggeration while a
 # typo (1e30, an extra digit run) is caught before it reaches the network.
 MAX_ABS = 100.0
+# 64 numbers as people paste them ("-1.2345678901234567e-01, " is 25 characters) fit in a few KB;
+# anything longer is refused by its length alone, before any parsing: validation runs while
+# ComfyUI handles the request, so parsing a pasted 40 MB would stall the whole server.
+MAX_TEXT = 8192
 
 
 class ExpressionError(ValueError):
@@ -26,6 +30,16 @@ class ExpressionError(ValueError):
 
 def parse_expression(text: str, dim: int = EXPRESSION_DIM, max_abs: float = MAX_ABS) -> torch.Tensor:
     """``"0.1, -0.3 ..."`` -> a ``(1, dim)`` float32 tensor, or ExpressionError naming every problem."""
+    if not isinstance(text, str):
+        raise ExpressionError(f"expression values: expected text with {dim} numbers, got "
+                              f"{'null' if text is None else type(text).__name__}. Type {dim} numbers separated by "
+                              "commas or spaces, or leave the expression input unconnected.")
+    if len(text) > MAX_TEXT:
+        raise ExpressionError(
+            f"expression values: the text is {len(text):,} characters long; an expression is exactly {dim} numbers "
+            f"(at most {MAX_TEXT:,} characters). Type {dim} numbers between -{max_abs:g} and {max_abs:g} separated "
+            "by commas or spaces, or leave the expression input unconnected for the unconditional expression."
+        )
     # A pasted list ("[0.1, -0.3, ...]") reads the same as the bare numbers.
     parts = text.strip().removeprefix("[").removesuffix("]").replace(",", " ").split()
     bad, numbers = [], []
@@ -57,3 +71,16 @@ def parse_expression(text: str, dim: int = EXPRESSION_DIM, max_abs: float = MAX_
             "expression input unconnected for the unconditional expression."
         )
     return torch.tensor(numbers, dtype=torch.float32)[None]  # max_abs keeps every value finite in float32
+
+
+def check_strength(strength) -> float:
+    """The expression strength as a number in 0..1; NaN passes the host's min/max check (every
+    comparison with NaN is false) and would otherwise surface as broken identity tokens."""
+    try:
+        value = float(strength)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not (0.0 <= value <= 1.0):
+        raise ExpressionError(f"strength is {strength!r}, not a number between 0 and 1: set strength to a value in 0..1 "
+                              "(1 uses the expression fully, 0 ignores it)")
+    return value

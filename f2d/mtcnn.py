@@ -109,11 +109,16 @@ def facenet_pytorch_data() -> Path | None:
 
 def read_facenet_pytorch_weights(folder: Path) -> dict[str, torch.Tensor]:
     """The three state dicts of a facenet-pytorch data folder, as one flat ``net.key`` dict."""
+    from .weights import Limits, WeightsError, load_tensors
+
+    # Each net is well under 1 MB: checked from the archive's directory before torch reads it.
+    limits = Limits(max_tensors=64, max_bytes=8 * 2**20, what="an MTCNN net of facenet-pytorch (under 1 MB)")
     flat = {}
     for n in NETS:
-        sd = torch.load(folder / f"{n}.pt", map_location="cpu", weights_only=True)
-        if not isinstance(sd, dict):
-            raise MTCNNWeightsError(f"{folder / (n + '.pt')} is not a state dict")
+        try:
+            sd, _ = load_tensors(folder / f"{n}.pt", limits=limits)
+        except WeightsError as e:
+            raise MTCNNWeightsError(str(e)) from None
         flat.update({f"{n}.{k}": v.contiguous() if isinstance(v, torch.Tensor) else v for k, v in sd.items()})
     return flat
 

@@ -59,10 +59,45 @@ def _depth(x) -> int:
     return d
 
 
+# Coordinates beyond this are no photo's pixels (nor 0..1 fractions): overflowed values such as
+# 1e308. Smaller ones off the photo are named against the photo's size when it is known.
+MAX_COORDINATE = 1e12
+
+
+def _numbers(values, what: str) -> np.ndarray:
+    """``values`` as a float array, or PointsError naming ``what`` and the first bad value."""
+    try:
+        arr = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise PointsError(f"face points: {what} is not a list of numbers ({str(e)[:80]}); give {FORMATS}") from None
+    if not np.isfinite(arr).all():
+        raise PointsError(f"face points: {what} holds NaN or infinite coordinates; give finite pixel coordinates "
+                          "of the photo (or 0..1 of its size)")
+    if arr.size and np.abs(arr).max() > MAX_COORDINATE:
+        raise PointsError(f"face points: {what} holds the coordinate {np.abs(arr).max():.3g}, far outside any photo; "
+                          "give pixel coordinates of the photo (or 0..1 of its size)")
+    return arr
+
+
+def _canvas_size(entry: dict, key: str) -> float:
+    value = entry[key]
+    try:
+        size = float(value)
+    except (TypeError, ValueError):
+        size = float("nan")
+    if not (np.isfinite(size) and 1 <= size <= 1e6):
+        raise PointsError(f"face points: {key} is {str(value)[:40]!r}; it must be the width/height in pixels (a positive "
+                          "number) of the image the keypoints were measured on, as the pose preprocessor writes it")
+    return size
+
+
 def _openpose_face(values) -> np.ndarray | None:
     """face_keypoints_2d (flat x, y, c triples or [x, y, c] rows) -> (68, 2), or None if empty /
     not detected (all zero)."""
-    arr = np.asarray(values, dtype=np.float64)
+    arr = _numbers(values, "face_keypoints_2d")
+    if arr.ndim not in (1, 2) or (arr.ndim == 2 and arr.shape[-1] < 2) or (arr.ndim == 1 and arr.size % 3):
+        raise PointsError(f"face points: face_keypoints_2d has the shape {arr.shape}; expected a flat list of x, y, "
+                          "confidence triples or a list of [x, y, c] rows")
     if arr.size == 0:
         return None
     arr = arr.reshape(-1, 3) if arr.ndim == 1 else arr[:, :3] if arr.shape[-1] >= 3 else arr
@@ -75,20 +110,35 @@ def _openpose_face(values) -> np.ndarray | None:
 
 
 def _openpose_image(entry: dict) -> GivenFaces:
-    faces = [f for person in entry.get("people") or [] if (f := _openpose_face(person.get("face_keypoints_2d") or []))
-             is not None]
-    canvas = (float(entry["canvas_width"]), float(entry["canvas_height"])) if "canvas_width" in entry else None
+    people = entry.get("people") or []
+    if not isinstance(people, list) or not all(isinstance(p, dict) for p in people):
+        raise PointsError(f"face points: 'people' must be a list of {{'face_keypoints_2d': [...]}} entries; give {FORMATS}")
+    faces = [f for person in people if (f := _openpose_face(person.get("face_keypoints_2d") or [])) is not None]
+    canvas = ((_canvas_size(entry, "canvas_width"), _canvas_size(entry, "canvas_height"))
+              if "canvas_width" in entry or "canvas_height" in entry else None)
     normalised = bool(faces) and max(float(np.abs(f).max()) for f in faces) <= 1.0
     return GivenFaces(faces, canvas, normalised)
 
 
 def parse_face_points(value) -> list[GivenFaces]:
     """Any of the formats above (a JSON string, or the parsed object) -> one entry per image."""
+    try:
+        return _parse(value)
+    except PointsError:
+        raise
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError, RecursionError) as e:
+        # Any other shape of nonsense: one message naming the formats, not a Python error.
+        raise PointsError(f"face points: could not be read ({type(e).__name__}: {str(e)[:80]}); give {FORMATS}") from None
+
+
+def _parse(value) -> list[GivenFaces]:
     if isinstance(value, str):
         try:
             value = json.loads(value)
-        except json.JSONDecodeError as e:
-            raise PointsError(f"face points are not valid JSON ({e}); give {FORMATS}") from None
+        except (json.JSONDecodeError, RecursionError) as e:
+            why = "nested too deeply" if isinstance(e, RecursionError) else str(e)[:80]
+            raise PointsError(f"face points are not valid JSON ({why}); "
+                              f"give {FORMATS}") from None
     if isinstance(value, dict):
         value = [value]
     if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
@@ -108,12 +158,15 @@ def parse_face_points(value) -> list[GivenFaces]:
         raise PointsError(f"face points: could not read the structure (nesting depth {depth}); give {FORMATS}")
     out = []
     for i, faces in enumerate(images):
+        if not isinstance(faces, (list, tuple)):
+            raise PointsError(f"face points for image {i}: expected a list of faces, got {type(faces).__name__}; "
+                              f"give {FORMATS}")
         arrays = []
-        for face in faces:
+        for k, face in enumerate(faces):
+            pts = _numbers(face, f"face {k} of image {i}")
             try:
-                arrays.append(as_five_points(np.asarray(face, dtype=np.float64)) if np.asarray(face).shape != (68, 2)
-                              else np.asarray(face, dtype=np.float64))
-            except (AlignmentError, ValueError) as e:
+                arrays.append(pts if pts.shape == (68, 2) else as_five_points(pts))
+            except AlignmentError as e:
                 raise PointsError(f"face points for image {i}: {e}") from None
         normalised = bool(arrays) and max(float(np.abs(a).max()) for a in arrays) <= 1.0
         out.append(GivenFaces(arrays, None, normalised))

@@ -104,13 +104,57 @@ def _finite(cond: list, text: str) -> list:
                      "the identity tokens come from F2D Expression Guidance or a saved identity.")
 
 
+# Prompt weights beyond this are no longer emphasis: ComfyUI scales each token's distance from the
+# empty prompt's encoding by its weight, (z - z_empty) * w + z_empty, so with |w| <= this every
+# value stays within (2 * MAX_PROMPT_WEIGHT + 1) times what the text encoder itself can output.
+MAX_PROMPT_WEIGHT = 10.0
+
+
+def _encoder_output_bound(clip) -> float | None:
+    """The largest |value| the text encoder can output: its final LayerNorm's output is at most
+    max|gamma| * sqrt(width) + max|beta| (a normalised vector has no entry beyond sqrt(width))."""
+    try:
+        encoder = _stream_encoder(clip, "l")
+    except IdentifierError:
+        return None
+    norms = [m for name, m in encoder.named_modules() if name.endswith("final_layer_norm")
+             and isinstance(getattr(m, "weight", None), torch.Tensor)]
+    if not norms or norms[0].weight.is_meta:
+        return None
+    gamma, beta = norms[0].weight.detach().float(), getattr(norms[0], "bias", None)
+    bound = gamma.abs().max().item() * math.sqrt(gamma.numel())
+    return bound + (beta.detach().float().abs().max().item() if isinstance(beta, torch.Tensor) else 0.0)
+
+
+def _checked_conditioning(clip, cond: list, text: str) -> list:
+    """The conditioning, unless it holds NaN/inf or values far beyond what the text encoder can
+    produce even with strong prompt weights: both sample to a black image (e.g. '(f l:1e30)',
+    finite but 1e30 times the encoding), which must not be reported as a success."""
+    cond = _finite(cond, text)
+    bound = _encoder_output_bound(clip)
+    if bound is None:
+        return cond
+    limit = (2 * MAX_PROMPT_WEIGHT + 1) * bound
+    largest = max(c[0].detach().abs().max().item() for c in cond)
+    if largest <= limit:
+        return cond
+    weights = [t[1] for chunks in clip.tokenize(text).values() for chunk in chunks for t in chunk
+               if isinstance(t, tuple) and len(t) > 1 and isinstance(t[1], (int, float))]
+    heaviest = max(weights, key=abs, default=1.0)
+    shown = text if len(text) <= 200 else text[:200] + "..."
+    raise ValueError(f"the prompt's conditioning reaches {largest:.3g}, far beyond what this text encoder produces "
+                     f"(at most about {bound:.3g} per value, x{2 * MAX_PROMPT_WEIGHT + 1:g} with prompt weights up to "
+                     f"{MAX_PROMPT_WEIGHT:g}), which would sample to a black image: the prompt weight {heaviest:g} in "
+                     f"\"{shown}\". Use prompt weights such as (f l:1.2), between 0 and about 2.")
+
+
 def identity_schedule(clip, text: str, id_tokens: F2DIdTokens, identifier: str, start: float, end: float) -> list:
     """Identity prompt between ``start`` and ``end`` (fractions of sampling), the class prompt
     ("a person" for the identifier) elsewhere: delayed subject conditioning."""
     if not 0.0 <= start < end <= 1.0:
         raise ValueError(f"identity_start ({start}) must be below identity_end ({end}), both within 0..1: "
                          "lower identity_start or raise identity_end (0 and 1: the identity throughout)")
-    with_id = _finite(encode_identity_prompt(clip, text, id_tokens, identifier), text)
+    with_id = _checked_conditioning(clip, encode_identity_prompt(clip, text, id_tokens, identifier), text)
     if start == 0.0 and end == 1.0:
         return with_id
     plain = clip.encode_from_tokens_scheduled(clip.tokenize(class_prompt(text, identifier)))
@@ -298,8 +342,8 @@ class F2DSampler(io.ComfyNode):
         positive = cache.get(clip, ("identity", text, identifier, float(identity_start), float(identity_end),
                                     cache.tokens_digest(id_tokens)),
                              lambda: identity_schedule(clip, text, id_tokens, identifier, identity_start, identity_end))
-        negative_cond = cache.get(clip, ("plain", negative), lambda: _finite(
-            clip.encode_from_tokens_scheduled(clip.tokenize(negative)), negative))
+        negative_cond = cache.get(clip, ("plain", negative), lambda: _checked_conditioning(
+            clip, clip.encode_from_tokens_scheduled(clip.tokenize(negative)), negative))
         # The host's own KSampler path (noise, latent channels, masks, previews, progress and
         # interrupt), so the node follows the host wherever it changes.
         common_ksampler = importlib.import_module("nodes").common_ksampler

@@ -12,9 +12,9 @@ import torch
 from comfy_api.latest import io, ui
 
 from ..f2d.detect import BACKENDS, LandmarksDetector, get_detector
-from ..f2d.expression import parse_expression
+from ..f2d.expression import check_strength, parse_expression
 from ..f2d.identity import Identity, IdentityTokens, check_tokens, encode_photos
-from ..f2d.identity_file import IdentityFileError, load_identity, save_identity
+from ..f2d.identity_file import IdentityFileError, load_identity, save_new_identity
 from ..f2d.mapping import EXPRESSION_DIM
 from . import paths
 from .types import (
@@ -157,6 +157,7 @@ class F2DExpressionGuidance(io.ComfyNode):
 
     @classmethod
     def execute(cls, f2d_model, identity: Identity, strength, expression=None) -> io.NodeOutput:
+        strength = check_strength(strength)  # before the run's work, naming strength (not the weights)
         mm.load_model_gpu(f2d_model.patcher)
         enc = f2d_model.encoder
         mean = identity.mean
@@ -248,8 +249,10 @@ class F2DSaveIdentity(io.ComfyNode):
         if same is not None:
             text = f"already saved: this identity is {same} in {folder}"
         else:
-            path = save_identity(paths.new_identity_path(name), id_tokens.tokens, id_tokens.identity,
-                                 {**id_tokens.info, "name": name})
+            # The name is taken exclusively as the complete file appears: another server or the CLI
+            # saving into the same folder at the same moment gets the next free name, never this file.
+            path = save_new_identity(folder, name, id_tokens.tokens, id_tokens.identity,
+                                     {**id_tokens.info, "name": name})
             text = f"saved {path.name} in {folder}"
         return io.NodeOutput(id_tokens, ui={"text": [text]})
 
@@ -288,6 +291,8 @@ class F2DLoadIdentity(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, identity_file) -> bool | str:
+        if identity_file is None or not isinstance(identity_file, str):  # null in an API prompt
+            return _no_identity_file(identity_file)
         if identity_file not in paths.identity_files():
             return (f"identity_file: '{identity_file}' is not in {paths.identities_folder()}; save one with "
                     "F2D Save Identity first, then press R to refresh")
@@ -295,5 +300,12 @@ class F2DLoadIdentity(io.ComfyNode):
 
     @classmethod
     def execute(cls, identity_file) -> io.NodeOutput:
+        if not isinstance(identity_file, str):
+            raise ValueError(_no_identity_file(identity_file))
         tokens, identity, meta = load_identity(os.path.join(paths.identities_folder(), identity_file))
         return io.NodeOutput(F2DIdTokens(tokens, identity, meta), None if identity is None else Identity(identity, None))
+
+
+def _no_identity_file(value) -> str:
+    return (f"identity_file: no file chosen (got {'null' if value is None else type(value).__name__}); pick a saved "
+            f"identity from the list (files in {paths.identities_folder()}), or save one with F2D Save Identity first")

@@ -18,11 +18,19 @@ def _default(files: list[str], stem: str) -> str | None:
     return next((f for f in files if os.path.splitext(os.path.basename(f))[0] == stem), files[0] if files else None)
 
 
-def _missing(role: str, name: str | None) -> str | None:
-    if name is None or name in paths.model_files():
+def _missing(role: str, name) -> str | None:
+    if name is None or name in paths.model_files():  # None: fed by a link, checked when it arrives
         return None
+    if not isinstance(name, str):
+        return _no_file(role, name)
     return (f"{role}: '{name}' is not in the face2diffusion model folder ({paths.searched_folders()}). "
             "Put msid.pt and mapping.pt there (see the README, 'Weights') and press R to refresh.")
+
+
+def _no_file(role: str, value) -> str:
+    return (f"{role}: no file chosen (got {'null' if value is None else type(value).__name__}); pick "
+            f"{'msid.pt' if role == 'msid' else 'mapping.pt'} from the list (files in {paths.searched_folders()}; "
+            "see the README, 'Weights')")
 
 
 class F2DLoadMSID(io.ComfyNode):
@@ -59,7 +67,9 @@ class F2DLoadMSID(io.ComfyNode):
 
     @classmethod
     def execute(cls, msid: str, mapping: str) -> io.NodeOutput:
-        problem = _missing("mapping", mapping)
+        # A null in an API prompt arrives here as None (validation cannot tell it from a link).
+        problem = next((_no_file(role, v) for role, v in (("msid", msid), ("mapping", mapping))
+                        if not isinstance(v, str)), None) or _missing("mapping", mapping)
         if problem:
             raise FileNotFoundError(problem)
         try:

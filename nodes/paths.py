@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import re
+import unicodedata
 
 import folder_paths
 
@@ -42,21 +43,63 @@ def identity_files() -> list[str]:
     folder = identities_folder()
     if not os.path.isdir(folder):
         return []
-    return sorted(f for f in os.listdir(folder) if f.endswith(".safetensors"))
+    # Names with invisible characters (a right-to-left override, a zero-width space), put there by
+    # hand or by another program, would show in the list as some other name: left out.
+    return sorted(f for f in os.listdir(folder) if f.endswith(".safetensors") and not invisible_characters(f))
 
 
-MAX_NAME = 100  # characters; leaves room for "_123.safetensors" within every file system's 255 bytes
+MAX_NAME = 100  # characters
+# File systems count bytes (ext4, APFS: 255 in UTF-8) or UTF-16 units (NTFS: 255): 200 bytes of
+# UTF-8 leaves room for "_123.safetensors" and is under 255 UTF-16 units too.
+MAX_NAME_BYTES = 200
 _FORBIDDEN = set('<>:"/\\|?*')  # not allowed in Windows file names (/ and \\ separate folders)
+# Characters drawn like a slash or backslash that Unicode normalisation leaves as they are: in a
+# file list they make a name look like a folder path.
+_SLASH_LOOKALIKES = set("\u2044\u2215\u29f8\u29f9\u2571\u2572\u27cb\u27cd")
+# Invisible or unassigned: controls (Cc), format characters such as bidi overrides and zero-width
+# spaces (Cf), line/paragraph separators (Zl, Zp), private use (Co), surrogates (Cs), unassigned (Cn).
+_INVISIBLE = {"Cc", "Cf", "Zl", "Zp", "Co", "Cs", "Cn"}
 _WINDOWS_RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(1, 10)), *(f"lpt{i}" for i in range(1, 10))}
+# What a JSON null (or JavaScript's undefined) becomes when the host turns it into a STRING input.
+_NULL_NAMES = {"none", "null", "undefined", "nan"}
 
 
-def identity_name_problem(name: str) -> str | None:
-    """Why ``name`` cannot be an identity file name (saved on any platform), or None."""
+def _char_name(c: str) -> str:
+    return f"U+{ord(c):04X} {unicodedata.name(c, unicodedata.category(c))}"
+
+
+def invisible_characters(text: str) -> list[str]:
+    return [c for c in dict.fromkeys(text) if unicodedata.category(c) in _INVISIBLE]
+
+
+def identity_name_problem(name) -> str | None:
+    """Why ``name`` cannot be an identity file name (saved on any platform, and shown in the
+    Load Identity list as what it is), or None."""
+    if not isinstance(name, str):
+        return "missing (no name was given); give the person a name, e.g. 'alice'"
+    if len(name) > 4 * MAX_NAME_BYTES:  # before any per-character work on a pasted megabyte
+        return f"{len(name):,} characters long; use at most {MAX_NAME}, e.g. 'alice'"
     clean = name.strip()
     if not clean:
         return "empty; give the person a name, e.g. 'alice'"
-    if any(ord(c) < 32 or ord(c) == 127 for c in clean):
-        return "contains control characters (e.g. a NUL or a line break); use letters, digits, spaces, - and _"
+    if clean.lower() in _NULL_NAMES:
+        return (f"'{clean}' is what a missing (null) value becomes in an API prompt, not a name; "
+                "give the person a name, e.g. 'alice'")
+    hidden = invisible_characters(clean)
+    if hidden:
+        return (f"contains invisible or control characters ({', '.join(_char_name(c) for c in hidden[:3])}), "
+                "which can make a name look like another in the file list; use letters, digits, spaces, - and _")
+    normal = unicodedata.normalize("NFKC", clean)
+    lookalikes = sorted({c for c in clean if c in _SLASH_LOOKALIKES or
+                         (c not in _FORBIDDEN and any(x in _FORBIDDEN for x in unicodedata.normalize("NFKC", c)))})
+    if lookalikes:
+        return (f"contains {', '.join(_char_name(c) for c in lookalikes[:3])}, drawn like a folder separator or "
+                "another character not allowed in file names; use a plain name such as 'alice'")
+    if normal != clean:
+        hint = f"type it as '{normal[:60]}'" if identity_name_problem(normal) is None else "use plain letters and digits"
+        return (f"'{clean[:60]}' holds characters that Unicode writes another way (NFKC normalisation: full-width or "
+                f"compatibility forms, accents typed as separate marks), so two names that look alike could be "
+                f"different files; {hint}")
     bad = sorted({c for c in clean if c in _FORBIDDEN})
     if bad:
         return (f"'{clean[:60]}' contains {' '.join(bad)}; use a plain file name without folders or these characters, "
@@ -64,8 +107,12 @@ def identity_name_problem(name: str) -> str | None:
     if clean.startswith(".") or clean.endswith("."):
         return f"'{clean[:60]}' starts or ends with a dot; use a plain name such as 'alice'"
     stem = clean[: -len(".safetensors")] if clean.endswith(".safetensors") else clean
-    if len(stem) > MAX_NAME or len(stem.encode()) > 2 * MAX_NAME:
+    if len(stem) > MAX_NAME:
         return f"{len(stem)} characters long; use at most {MAX_NAME}, e.g. 'alice'"
+    size = len(stem.encode("utf-8"))
+    if size > MAX_NAME_BYTES:
+        return (f"{size} bytes long in UTF-8 ({len(stem)} characters; emoji and most non-Latin letters take 2-4 bytes "
+                f"each, and file systems count bytes); use at most {MAX_NAME_BYTES} bytes, e.g. a shorter name")
     if stem.split(".")[0].lower() in _WINDOWS_RESERVED:
         return f"'{stem}' is a reserved device name on Windows; choose another, e.g. '{stem}_1'"
     return None
@@ -96,17 +143,6 @@ def identity_name_state(name: str) -> tuple:
             continue
         state.append((f, st.st_size, st.st_mtime_ns))
     return (name, tuple(state))
-
-
-def new_identity_path(name: str) -> str:
-    """A path in the identities folder that does not exist yet: name, name_1, name_2, ..."""
-    folder = identities_folder()
-    stem = _stem(name)
-    candidate, n = os.path.join(folder, stem + ".safetensors"), 0
-    while os.path.exists(candidate):
-        n += 1
-        candidate = os.path.join(folder, f"{stem}_{n}.safetensors")
-    return candidate
 
 
 def full_path(name: str) -> str:

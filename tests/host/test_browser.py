@@ -377,8 +377,34 @@ def test_run_shows_image_and_chosen_face(page):
         time.sleep(0.25)
     assert set((page.server.base / "output").glob("f2d_basic_*.png")) - before, "no image saved"
 
-    # A failed run replaces those faces: they must not stay on show as if they were current.
+    # Another client's prompt failing at a node with the same id is not this page's run: the faces
+    # stay. ComfyUI sends a prompt's events to the client id it was queued with, so a script (or a
+    # duplicated tab) using the page's client id reaches the page: the one case where it sees them.
     Image.fromarray(np.full((96, 96, 3), 128, np.uint8)).save(page.server.base / "input" / "no_face.png")
+    client_id = page.page.evaluate("""async () => {
+        const {api} = await import('/scripts/api.js');
+        window.__f2dErrors = [];
+        api.addEventListener('execution_error', (e) => window.__f2dErrors.push(e.detail.prompt_id));
+        return api.clientId;
+    }""")
+    assert client_id
+    other = {str(encode): {"class_type": "F2DEncodeIdentity", "inputs": {
+                 "f2d_model": ["901", 0], "image": ["902", 0], "detector": "auto", "face": "largest",
+                 "skip_faceless": False}},
+             "901": {"class_type": "F2DLoadMSID", "inputs": {"msid": "msid.pt", "mapping": "mapping.pt"}},
+             "902": {"class_type": "LoadImage", "inputs": {"image": "no_face.png"}},
+             "903": {"class_type": "PreviewImage", "inputs": {"images": [str(encode), 1]}}}
+    status, body = page.server.post("/prompt", {"prompt": other, "client_id": client_id})
+    assert status == 200, body
+    history = page.server.wait_history(body["prompt_id"], timeout=120)
+    assert "execution_error" in [m[0] for m in history["status"]["messages"]]
+    page.page.wait_for_function("(id) => window.__f2dErrors.includes(id)", arg=body["prompt_id"], timeout=30_000)
+    time.sleep(3)  # the page asks the server whose prompt it was: give it time to (wrongly) mark the node
+    text = page.note(encode).inner_text()
+    assert "photo 0: the only face" in text and "failed" not in text, text
+    page.page.keyboard.press("Escape")  # the front end's own error dialog for that prompt
+
+    # The page's own failed run replaces those faces: they must not stay on show as if they were current.
     page.page.evaluate("""() => { for (const n of app.graph._nodes) for (const w of n.widgets ?? [])
                       if (n.type === 'LoadImage' && w.name === 'image') w.value = 'no_face.png'; }""")
     page.close_toasts()

@@ -23,6 +23,7 @@ import pytest
 import torch
 from PIL import Image
 
+from crafted_files import deeply_nested_json, deflated_zeros_pt, many_empty_tensors_safetensors
 from f2d_testkit import ComfyServer, build_tiny_sd15_checkpoint, copy_into, write_formula_weights
 
 pytestmark = pytest.mark.host
@@ -66,6 +67,15 @@ def _write_weight_files(folder: Path, marker: Path) -> None:
         if k.endswith(("layers.0.0.weight", "fc_out.weight")):
             sd[k] = sd[k] * 1e30
     save_file(sd, str(folder / "mapping_overflowing.safetensors"))
+    # Issue 21: a deflated .pt of 512 MB of zeros (~0.5 MB on disk), 1.3 million empty tensors,
+    # integer weights, and an MSID of another size.
+    deflated_zeros_pt(folder / "bad_zeros_deflated.pt", 2**29)
+    many_empty_tensors_safetensors(folder / "bad_empties.safetensors", 1_300_000)
+    msid = load_file(str(write_formula_weights(folder / "tmp", "msid", "safetensors")))
+    shutil.rmtree(folder / "tmp")
+    save_file({**msid, "blocks.0.attn.qkv.weight": msid["blocks.0.attn.qkv.weight"].to(torch.int32)},
+              str(folder / "msid_integer.safetensors"))
+    save_file({**msid, "pos_embed": torch.zeros(1, 785, 384)}, str(folder / "msid_224px.safetensors"))
 
 
 def _write_identity_files(folder: Path, reference: dict) -> None:
@@ -83,6 +93,14 @@ def _write_identity_files(folder: Path, reference: dict) -> None:
     save_file({"first": first, "last": reference["mapping.last.null_exp"].reshape(-1).contiguous()},
               str(folder / "nan.safetensors"), metadata={"f2d": json.dumps({"format": "f2d-identity", "version": 1})})
     (folder / "corrupt.safetensors").write_bytes(random.Random(1).randbytes(4096))
+    plain = {"first": reference["mapping.first.null_exp"].reshape(-1).contiguous(),
+             "last": reference["mapping.last.null_exp"].reshape(-1).contiguous()}
+    save_file(plain, str(folder / "deep_metadata.safetensors"), metadata={"f2d": deeply_nested_json()})
+    save_file(plain, str(folder / "list_metadata.safetensors"), metadata={"f2d": "[1, 2]"})
+    save_file({k: v.to(torch.int64) for k, v in plain.items()}, str(folder / "integer.safetensors"),
+              metadata={"f2d": json.dumps({"format": "f2d-identity", "version": 1})})
+    # Put there by hand or another program: a right-to-left override would show as another name.
+    save_identity(folder / "\u202egnp.exe.safetensors", tokens)
     (folder / "empty.safetensors").write_bytes(b"")
     data = good.read_bytes()
     (folder / "truncated.safetensors").write_bytes(data[: len(data) // 2])
@@ -399,6 +417,10 @@ def test_unknown_sampler_or_scheduler_is_refused(server, sampler, kind):
 # ---------------------------------------------------------------- weights
 
 BAD_WEIGHTS = {
+    "bad_zeros_deflated.pt": ("bad_zeros_deflated.pt", ["refused before reading it", "expands to 512.0 mb",
+                                                        "compressed", "pick the file for"]),
+    "bad_empties.safetensors": ("bad_empties.safetensors", ["refused before reading it", "tensor index alone is",
+                                                            "pick the file for"]),
     "wrong": (None, ["this is not", "pick the file for", "readme"]),
     "bad_random.pt": ("bad_random.pt", ["not a weight file", "readme"]),
     "bad_truncated.pt": ("bad_truncated.pt", ["truncated", "download it again"]),
@@ -683,3 +705,151 @@ def test_missing_weight_file_is_reported_once(server):
         assert r.kind in ("refused", "error")
         assert_says(r, r.kind, f"{slot}: 'nope.pt' is not in the face2diffusion model folder", "press R",
                     once="is not in the face2diffusion model folder")
+
+
+# ---------------------------------------------------------------- found by an adversarial pass (issue 21)
+
+@pytest.mark.parametrize("name,needles", [
+    ("msid_integer.safetensors", ["blocks.0.attn.qkv.weight: int32, expected floating point", "official file"]),
+    ("msid_224px.safetensors", ["has the layout of the msid identity encoder (msid.pt), but does not fit",
+                                "pos_embed: file (1, 785, 384), expected (1, 197, 384)", "official file"]),
+])
+def test_msid_of_integers_or_another_size_is_named(server, name, needles):
+    api = photo_graph()
+    api["1"]["inputs"]["msid"] = name
+    r = run(server, api)
+    assert_says(r, "error", name, *needles, absent=("looks like",))
+    assert r.node_type == "F2DLoadMSID" and r.exception_type.endswith("WeightsError")
+
+
+@pytest.mark.parametrize("slot", ["msid", "mapping"])
+def test_null_weight_file_in_an_api_prompt_names_the_input(server, slot):
+    api = photo_graph()
+    api["1"]["inputs"][slot] = None
+    r = run(server, api)
+    assert r.kind in ("refused", "error")
+    assert_says(r, r.kind, f"{slot}: no file chosen (got null)", "pick", "from the list", absent=("join()",))
+
+
+def test_null_identity_file_in_an_api_prompt_names_the_input(server):
+    r = run(server, generate(identity=None))
+    assert_says(r, "refused", "identity_file: no file chosen (got null)", "f2d save identity",
+                once="no file chosen", absent=("'none'",))
+
+
+def test_a_40_mb_expression_is_refused_by_its_length(server):
+    r = run(server, with_expression("0.1 " * 10_000_000))
+    assert_says(r, "refused", "40,000,000 characters long", "exactly 64 numbers", "type 64 numbers",
+                once="expression values:")
+
+
+def test_strength_nan_names_strength(server):
+    api = with_expression(" ".join(["0.1"] * 64))
+    api["5"]["inputs"]["strength"] = float("nan")
+    r = run(server, api)
+    assert_says(r, "error", "strength is nan", "value in 0..1", absent=("mapping weights", "expression values"))
+    assert r.node_type == "F2DExpressionGuidance"
+
+
+@pytest.mark.parametrize("name,needles", [
+    ("deep_metadata.safetensors", ["metadata is not readable json (nested too deeply)"]),
+    ("list_metadata.safetensors", ["metadata is a json list"]),
+    ("integer.safetensors", ["first: int64, not floating point"]),
+])
+def test_identity_files_with_malformed_metadata_or_integers_are_named(server, name, needles):
+    r = run(server, generate(identity=name))
+    assert_says(r, "error", name, *needles, "make it again", absent=("recursion", "attribute"))
+    assert r.node_type == "F2DLoadIdentity" and r.exception_type.endswith("IdentityFileError")
+
+
+def test_identity_named_with_a_right_to_left_override_is_not_listed(server):
+    options = server.get("/object_info/F2DLoadIdentity")["F2DLoadIdentity"]["input"]["required"]["identity_file"]
+    listed = options[1]["options"] if isinstance(options[1], dict) and "options" in options[1] else options[0]
+    assert "ref.safetensors" in listed and not any("\u202e" in f for f in listed)
+
+
+POSE = {"people": [{"face_keypoints_2d": [v for i in range(68) for v in (200 + i, 200 + i % 7, 1.0)]}],
+        "canvas_width": 512, "canvas_height": 512}
+FIVE = [[200, 250], [300, 250], [250, 300], [210, 350], [290, 350]]
+
+
+@pytest.mark.parametrize("points,needles", [
+    ({**POSE, "canvas_width": 0}, ["canvas_width is '0'", "width/height in pixels"]),
+    ([["abc", 1]] * 5, ["is not a list of numbers", "could not convert string to float: 'abc'", "give openpose"]),
+    ([[[FIVE, 3]]], ["could not read the structure", "give openpose"]),
+    ([[float("nan"), 1]] + FIVE[1:], ["holds nan or infinite coordinates", "finite pixel coordinates"]),
+    ([[1e308, 1]] + FIVE[1:], ["the coordinate 1e+308, far outside any photo", "pixel coordinates of the photo"]),
+], ids=["canvas0", "letters", "nesting", "nan", "1e308"])
+def test_malformed_face_points_are_named(server, points, needles):
+    api = photo_graph()
+    api["4"]["inputs"]["face_points"] = json.dumps(points)
+    r = run(server, api)
+    assert_says(r, "error", "face points", *needles, absent=("division", "9223372036854775808", "not iterable"))
+
+
+@pytest.mark.parametrize("weight", ["1e30", "-1e30"])
+def test_huge_finite_prompt_weight_is_refused_not_sampled_black(server, weight):
+    r = run(server, generate(f"a photo of (f l:{weight})"))
+    assert_says(r, "error", "far beyond what this text encoder produces", f"prompt weight {float(weight):g}",
+                "between 0 and about 2", once="far beyond")
+    assert r.node_type == "F2DSampler"
+
+
+def test_strong_but_sane_prompt_weight_still_gives_an_image(server):
+    r = run(server, generate("a photo of (f l:3)"))
+    assert r.ok, r.message
+    assert_real_image(server, r)
+
+
+@pytest.mark.parametrize("name,needles", [
+    ("\u202egnp.exe", ["invisible or control characters", "U+202E RIGHT-TO-LEFT OVERRIDE"]),
+    ("al\u200bice", ["invisible or control characters", "U+200B ZERO WIDTH SPACE"]),
+    ("al\u2028ice", ["invisible or control characters", "U+2028 LINE SEPARATOR"]),
+    ("a\uff0fb", ["U+FF0F FULLWIDTH SOLIDUS", "drawn like a folder separator"]),
+    ("a\u2215b", ["U+2215 DIVISION SLASH", "drawn like a folder separator"]),
+    ("\uff41lice", ["unicode writes another way", "type it as 'alice'"]),
+    (None, ["'none' is what a missing (null) value becomes", "give the person a name"]),
+    ("\U0001F600" * 60, ["240 bytes long in utf-8 (60 characters", "at most 200 bytes"]),
+], ids=["rlo", "zwsp", "line-separator", "fullwidth-slash", "division-slash", "fullwidth-a", "json-null", "emoji"])
+def test_look_alike_and_null_names_are_refused(server, name, needles):
+    r = run(server, save_graph(name))
+    assert_says(r, "refused", "name:", *needles, once="name:")
+
+
+def test_a_server_and_another_process_saving_under_one_name_never_swap_identities(server, root):
+    """The CLI (or a second ComfyUI) saving into the same identities folder while the server
+    saves: each file holds what its writer reported, and the server's 'saved'/'already saved'
+    names a file that holds the server's identity."""
+    import subprocess
+    import sys
+
+    from f2d.identity_file import load_identity
+
+    folder = server.base / "models" / "face2diffusion" / "identities"
+    ref, _, _ = load_identity(folder / "ref.safetensors")
+    writer = subprocess.Popen([sys.executable, "-c", (
+        "import json, sys, torch\n"
+        "from f2d.identity import IdentityTokens\n"
+        "from f2d.identity_file import save_new_identity\n"
+        "out = []\n"
+        "for i in range(30):\n"
+        "    t = IdentityTokens(torch.full((1, 768), 7000.0 + i), torch.full((1, 768), -7000.0 - i))\n"
+        "    out.append([str(save_new_identity(sys.argv[1], 'shared', t, None, {'name': 'shared'})), 7000.0 + i])\n"
+        "print(json.dumps(out))\n"), str(folder)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    texts = []
+    for _ in range(10):
+        r = run(server, save_graph("shared"))
+        assert r.ok, r.message
+        if "2" in r.history["outputs"]:  # else served from ComfyUI's cache: no file changed since, nothing written
+            texts.append(_saved_text(r))
+    assert texts
+    out, err = writer.communicate(timeout=300)
+    assert writer.returncode == 0, err
+    for path, value in json.loads(out):
+        tokens, _, _ = load_identity(path)
+        assert tokens.first[0, 0].item() == value, f"{path} lost its writer's identity"
+    for text in texts:
+        name = text.split(" in ")[0].split()[-1]
+        tokens, _, _ = load_identity(folder / name)
+        assert torch.equal(tokens.first, ref.first), f"the server reported {name}, which holds another identity"
+    assert not list(folder.glob(".*.part")), "temporary files left behind"

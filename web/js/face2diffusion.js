@@ -426,6 +426,53 @@ function sortOurTemplates() {
   api.getWorkflowTemplates = sorted;
 }
 
+// --- whose run failed ------------------------------------------------------------------------
+// Events reach the page for every prompt sent with its client id -- its own, and any a script or
+// another tab sent with the same id -- and some for prompts without one. The page's own prompts
+// are the ids /prompt answered to its queue requests; until a request is answered, an error
+// waits for it (a prompt can fail before its queue request returns).
+const queuedHere = new Set();
+const queueing = new Set();
+let seenQueueRequest = false;
+
+function trackQueuedPrompts() {
+  const original = api.queuePrompt;
+  if (typeof original !== "function" || original.f2dTracked) return;
+  const tracked = function (...args) {
+    seenQueueRequest = true;
+    const request = Promise.resolve(original.apply(this, args));
+    queueing.add(request);
+    request
+      .then((res) => res?.prompt_id && queuedHere.add(res.prompt_id), () => {})
+      .finally(() => queueing.delete(request));
+    return request;
+  };
+  tracked.f2dTracked = true;
+  api.queuePrompt = tracked;
+}
+
+async function queuedByThisPage(promptId, nodeId) {
+  if (!promptId) return false;
+  await Promise.allSettled([...queueing]);
+  if (seenQueueRequest) return queuedHere.has(promptId);
+  // A front end that queues by another path: ask the server who queued it (its queue and
+  // history entries are [number, prompt_id, prompt, extra_data, outputs]).
+  const own = (entry) => entry?.[3]?.client_id === api.clientId && entry?.[2]?.[nodeId]?.class_type === "F2DEncodeIdentity";
+  for (let attempt = 0; attempt < 40; attempt++) {
+    try {
+      const queue = await (await api.fetchApi("/queue")).json();
+      const running = [...(queue.queue_running ?? []), ...(queue.queue_pending ?? [])].find((q) => q?.[1] === promptId);
+      if (running) return own(running);
+      const history = await (await api.fetchApi(`/history/${encodeURIComponent(promptId)}`)).json();
+      if (history?.[promptId]) return own(history[promptId].prompt);
+    } catch {
+      return false;
+    }
+    await new Promise((r) => setTimeout(r, 250));
+  }
+  return false;
+}
+
 // --- registration ---------------------------------------------------------------------------
 app.registerExtension({
   name: "Face2Diffusion.ui",
@@ -439,12 +486,16 @@ app.registerExtension({
         for (const node of nodesOfType(type)) if (cached.has(String(node.id))) showCached(node);
       }
     });
+    trackQueuedPrompts();
     // A failed run must not leave the faces of an earlier one on show as if they were current.
-    api.addEventListener("execution_error", (e) => {
+    // Only this page's runs count: a script's prompt (sent to every page) or another client's
+    // may fail at a node with the same id in a graph that is not this one.
+    api.addEventListener("execution_error", async (e) => {
       const id = String(e.detail?.node_id ?? "");
       const why = String(e.detail?.exception_message ?? "").split("\n")[0];
-      for (const node of nodesOfType("F2DEncodeIdentity")) {
-        if (String(node.id) !== id) continue;
+      const mine = nodesOfType("F2DEncodeIdentity").filter((node) => String(node.id) === id);
+      if (!mine.length || !(await queuedByThisPage(e.detail?.prompt_id, id))) return;
+      for (const node of mine) {
         node.f2dFacesNote = null;
         setNote(node, ["✗ the last run failed here:", why.length > 160 ? why.slice(0, 157) + "..." : why], "bad");
       }
