@@ -335,6 +335,12 @@ function setupEncodeNode(node) {
   setNote(node, ["the face used from each photo shows here after a run"], "info");
 }
 
+// --- F2D Face Detail: which face got whom (lines sent as f2d_faces, shown like Encode's) ---------
+function setupDetailNode(node) {
+  addNote(node);
+  setNote(node, ["which face got which person shows here after a run"], "info");
+}
+
 // --- registration ---------------------------------------------------------------------------
 app.registerExtension({
   name: "Face2Diffusion.ui",
@@ -371,6 +377,7 @@ app.registerExtension({
       if (PROMPT_NODES.has(nodeData.name)) setupPromptNode(this);
       if (nodeData.name === "F2DLoadMSID") setupLoaderNode(this);
       if (nodeData.name === "F2DEncodeIdentity") setupEncodeNode(this);
+      if (nodeData.name === "F2DFaceDetail") setupDetailNode(this);
       return r;
     };
 
