@@ -219,7 +219,8 @@ class FoundFaces:
 def find_faces(images: Sequence[np.ndarray], detector, encoder, progress: Callable[[], None] | None = None,
                chunk: int = 4) -> FoundFaces:
     """Every face of every image, detected, aligned and encoded by the photo route (the same
-    detection and alignment as identity photos; image order, then left to right)."""
+    detection and alignment as identity photos; image order, then left to right). Without an
+    ``encoder`` the vectors are zeros (one person, faces "all" or "largest", needs none)."""
     from .detect import NoFaceError, detect_and_align
 
     try:
@@ -228,12 +229,12 @@ def find_faces(images: Sequence[np.ndarray], detector, encoder, progress: Callab
     except NoFaceError:  # no face anywhere: nothing to do, not an error here
         return FoundFaces([], [], torch.zeros(0, 1536), getattr(detector, "why", getattr(detector, "name", "")))
     vectors = []
-    for start in range(0, len(aligned.crops), chunk):
+    for start in range(0, len(aligned.crops) if encoder is not None else 0, chunk):
         if progress is not None:
             progress()
         vectors.append(encoder.features(aligned.crops[start:start + chunk]).float().cpu())
     return FoundFaces([np.asarray(f.box, dtype=np.float64) for f in aligned.chosen], list(aligned.image_indices),
-                      torch.cat(vectors) if vectors else torch.zeros(0, 1536), aligned.detector)
+                      torch.cat(vectors) if vectors else torch.zeros(len(aligned.crops), 1536), aligned.detector)
 
 
 @dataclass
