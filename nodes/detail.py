@@ -60,7 +60,7 @@ class F2DFaceDetail(io.ComfyNode):
                 "several people (id_tokens_2..4) each face gets the person whose MSID identity is closest, one "
                 "person per face; the note on the node says which face got whom."),
             inputs=[
-                io.Image.Input("images", tooltip="The generated images (a batch keeps its order)."),
+                io.Image.Input("image", tooltip="The generated images (a batch keeps its order)."),
                 io.Model.Input("model", tooltip="The SD1.x model that made them (after any LoRA loaders)."),
                 io.Clip.Input("clip", tooltip="The CLIP of the same checkpoint."),
                 io.Vae.Input("vae", tooltip="The VAE of the same checkpoint."),
@@ -121,7 +121,7 @@ class F2DFaceDetail(io.ComfyNode):
         return _validate_identifier(identifier)
 
     @classmethod
-    def execute(cls, images, model, clip, vae, f2d_model, id_tokens, text, negative, seed, steps, cfg, sampler_name,
+    def execute(cls, image, model, clip, vae, f2d_model, id_tokens, text, negative, seed, steps, cfg, sampler_name,
                 scheduler, denoise, guide_size, context, feather, max_faces, min_face_size, faces, extra_faces,
                 detector, identifier, **more) -> io.NodeOutput:
         for name, value, options in (("sampler_name", sampler_name, comfy.samplers.KSampler.SAMPLERS),
@@ -146,18 +146,18 @@ class F2DFaceDetail(io.ComfyNode):
         settings = DetailSettings(context=context, guide_size=guide_size, feather=feather, max_faces=max_faces,
                                   min_face_size=min_face_size, faces=faces, extra_faces=extra_faces)
 
-        pbar = comfy.utils.ProgressBar(len(images))
+        pbar = comfy.utils.ProgressBar(len(image))
         found_steps = [0]
 
         def detecting():
             # Between photos and encoder chunks: where a big batch stops on Cancel.
             mm.throw_exception_if_processing_interrupted()
             found_steps[0] += 1
-            pbar.update_absolute(min(found_steps[0], len(images)), len(images))
+            pbar.update_absolute(min(found_steps[0], len(image)), len(image))
 
         with detail_detector(detector) as det:
             mm.load_model_gpu(f2d_model.patcher)
-            found = find_faces(comfy_images(images), det, f2d_model.encoder, progress=detecting)
+            found = find_faces(comfy_images(image), det, f2d_model.encoder, progress=detecting)
 
         conds: dict[int, list] = {}
         negative_cond = _finite(clip.encode_from_tokens_scheduled(clip.tokenize(negative)), negative)
@@ -188,7 +188,7 @@ class F2DFaceDetail(io.ComfyNode):
             pbar.update_absolute(done * steps, state["total"])
 
         with torch.no_grad():
-            result = run_detail(images.cpu().float(), found, people_vectors, len(people), inpaint, settings,
+            result = run_detail(image.cpu().float(), found, people_vectors, len(people), inpaint, settings,
                                 fatal=(mm.InterruptProcessingException,), on_face=on_face)
-        crops = preview_crops(result.crops, guide_size, images.shape[-1])
-        return io.NodeOutput(result.images.to(images.dtype), result.masks, crops, ui={"f2d_faces": result.notes})
+        crops = preview_crops(result.crops, guide_size, image.shape[-1])
+        return io.NodeOutput(result.images.to(image.dtype), result.masks, crops, ui={"f2d_faces": result.notes})
