@@ -144,8 +144,8 @@ def decode_save(w: Workflow, prefix: str, group: int, col: int) -> None:
     w.nodes["save"] = N("SaveImage", {"images": ["decode", 0], "filename_prefix": prefix}, "Save the image", group, col)
 
 
-def face_detail(w: Workflow, tokens: list, prompt: str, group: int, col: int, people: list | None = None,
-                prefix: str = "f2d_face_detail") -> None:
+def face_detail(w: Workflow, tokens: list, prompt: str, group: int, col: int, save_col: int,
+                people: list | None = None, prefix: str = "f2d_face_detail") -> None:
     """Generated image -> F2D Face Detail (each face re-done with its person) -> saved."""
     inputs = {"image": ["decode", 0], "model": ["checkpoint", 0], "clip": ["checkpoint", 1], "vae": ["checkpoint", 2],
               "f2d_model": ["f2d", 0], "id_tokens": tokens, "text": prompt, "negative": "blurry, deformed face",
@@ -156,8 +156,8 @@ def face_detail(w: Workflow, tokens: list, prompt: str, group: int, col: int, pe
         inputs[f"id_tokens_{i}"] = more
     w.nodes["detail"] = N("F2DFaceDetail", inputs, "Face detail: each face re-done with its person", group, col)
     w.nodes["save"] = N("SaveImage", {"images": ["detail", 0], "filename_prefix": prefix}, "Save the image", group,
-                        col + 1)
-    w.nodes["crops"] = N("PreviewImage", {"images": ["detail", 2]}, "The re-done face crops", group, col + 1)
+                        save_col)
+    w.nodes["crops"] = N("PreviewImage", {"images": ["detail", 2]}, "The re-done face crops", group, save_col)
 
 
 DETAIL_TIP = ("The face pass's likeness gain has not been measured by the pack (no official weights on its test "
@@ -321,9 +321,9 @@ def workflows() -> dict[str, Workflow]:
     w.nodes["decode"].col = 6
     del w.nodes["save"]
     # Per-person detail: each face is re-done with the person whose identity is closest to it.
-    face_detail(w, ["tokens_a", 0], "a close-up photo of f l smiling", 5, 7, people=[["tokens_b", 0]],
+    face_detail(w, ["tokens_a", 0], "a close-up photo of f l smiling", 4, 6, 5, people=[["tokens_b", 0]],
                 prefix="f2d_two_people")
-    w.groups.append("5 Face detail, per person")
+    w.groups[3] = "4 Generate, then re-do each face with its person"
     w.shows += (" F2D Face Detail then re-does each face at 512 px with its own person: it tells A from B by "
                 "their MSID identities, and its note says which face got whom.")
     w.tips.append(DETAIL_TIP)
@@ -355,7 +355,7 @@ def workflows() -> dict[str, Workflow]:
                  "Generate as in workflow 01, then F2D Face Detail crops the face, upscales it to 512 px, redraws "
                  "it inside a feathered mask with the person's identity (denoise 0.45) and pastes it back: more "
                  "face pixels for the identity when the face is small in the picture. Pixels outside the mask "
-                 "stay exactly as generated.", STANDARD_GROUPS + ["4 Face detail"],
+                 "stay exactly as generated.", STANDARD_GROUPS[:2] + ["3 Generate, then re-do the face"],
                  tips=["Use it when the face covers less than about a quarter of the image (full body, groups).",
                        "denoise 0.3-0.5 keeps pose and expression; higher redraws more.",
                        "faces: 'all' re-does every face with the person; 'most similar' or 'largest' only one.",
@@ -371,7 +371,7 @@ def workflows() -> dict[str, Workflow]:
         "Generate: prompt with f l + identity", 3, 4)
     w.nodes["decode"] = N("VAEDecode", {"samples": ["sampler", 0], "vae": ["checkpoint", 2]}, "Decode to pixels",
                           3, 5)
-    face_detail(w, ["tokens", 0], "a close-up photo of f l, detailed face", 4, 6)
+    face_detail(w, ["tokens", 0], "a close-up photo of f l, detailed face", 3, 6, 5)
     out["11_face_detail"] = w
     return out
 
