@@ -18,7 +18,7 @@ from comfy_api.latest import io
 
 from ..f2d.detail import EXTRA_FACES, FACE_MODES, MAX_PEOPLE, DetailSettings, find_faces, preview_crops, run_detail
 from ..f2d.detect import BACKENDS
-from ..f2d.tokens import DEFAULT_IDENTIFIER
+from ..f2d.tokens import DEFAULT_IDENTIFIER, class_prompt
 from .conditioning import _finite, _validate_identifier, identity_schedule
 from .identity import comfy_images, face_detector
 from .types import CATEGORY, F2DIdTokens, F2DIdTokensIO, F2DModelIO, unknown_choice
@@ -134,6 +134,7 @@ class F2DFaceDetail(io.ComfyNode):
         for name, value in (("cfg", cfg), ("denoise", denoise), ("context", context), ("feather", feather)):
             if not math.isfinite(value):
                 raise ValueError(f"{name} is {value}, not a number: set {name} to a finite value")
+        class_prompt(text, identifier)  # the prompt names the person: checked before any face is found
         people = [id_tokens] + [more[f"id_tokens_{i}"] for i in range(2, MAX_PEOPLE + 1)
                                 if more.get(f"id_tokens_{i}") is not None]
         vectors = [identity_vector(p) for p in people]

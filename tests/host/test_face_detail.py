@@ -241,3 +241,9 @@ def test_detail_on_diffusers_redoes_the_face_and_keeps_everything_else(weight_fi
     side = max(box[2] - box[0], box[3] - box[1])
     cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
     assert np.abs(xs - cx).max() <= side and np.abs(ys - cy).max() <= side
+
+
+def test_a_prompt_without_the_identifier_stops_before_any_face_is_found(host):
+    with pytest.raises(ValueError, match="'f l'") as e:  # the pack's own f2d.tokens.IdentifierError
+        detail(host, _batch(host["ab"]), host["people"], text="a close-up photo of a face")
+    assert type(e.value).__name__ == "IdentifierError" and "a close-up photo of a face" in str(e.value)
