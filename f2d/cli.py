@@ -93,7 +93,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     check_identifier(args.identifier)
     for p in prompts:
         class_prompt(p, args.identifier)  # every prompt names the person, before any model loads
-    tokens, _, info = _identity_tokens(args)
+    tokens, identity, info = _identity_tokens(args)
     device, dtype = pick_device(args.device)
     pipe = load_pipeline(args.base, device, dtype, args.scheduler, args.config)
     out = Path(args.output)
@@ -105,6 +105,10 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         images = generate(pipe, tokens, s, progress=not args.quiet)
         params = {**vars(s), "base": str(args.base), "scheduler": args.scheduler, "identity": info,
                   "generator": "Face2Diffusion (python -m f2d generate)"}
+        if args.detail:
+            images = _detail(args, pipe, images, tokens, identity, s)
+            params["detail"] = {"denoise": args.detail_denoise, "steps": args.detail_steps,
+                                "prompt": _detail_prompt(args)}
         meta = PngInfo()
         meta.add_text("parameters", json.dumps(params, sort_keys=True, default=str))
         stem = out.stem if len(prompts) == 1 else f"{out.stem}-{k:02d}"
@@ -114,6 +118,27 @@ def _cmd_generate(args: argparse.Namespace) -> int:
             im.save(out.with_name(f"{stem}-{i:02d}{out.suffix}"), pnginfo=meta)
         print(f"{grid_path}: {len(images)} image(s) for {prompt!r}")
     return 0
+
+
+def _detail_prompt(args: argparse.Namespace) -> str:
+    return args.detail_prompt or f"a close-up photo of {args.identifier}, detailed face"
+
+
+def _detail(args: argparse.Namespace, pipe, images, tokens, identity, s):
+    """The face-detail pass (f2d/detail.py) on the generated images; one line per face on stderr."""
+    from .generate import detail_images, pick_device
+    from .identity import IdentityEncoder
+
+    encoder = None
+    if args.msid and args.mapping:  # encodes the generated faces (the similarity in the notes)
+        encoder = IdentityEncoder.for_device(args.msid, args.mapping, pick_device(args.device)[0], args.precision)
+    with open_detector(args.detector, args.insightface_root) as detector:
+        images, notes = detail_images(pipe, images, tokens, identity, detector, encoder, _detail_prompt(args),
+                                      negative=s.negative, steps=args.detail_steps, denoise=args.detail_denoise,
+                                      cfg=s.cfg, seed=s.seed, identifier=s.identifier, progress=not args.quiet)
+    for line in notes:
+        print(f"detail: {line}", file=sys.stderr)
+    return images
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -177,6 +202,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--identity-start", type=float, default=0.0,
                    help="fraction of steps that use 'a person' before the identity")
     g.add_argument("--identifier", default=DEFAULT_IDENTIFIER)
+    g.add_argument("--detail", action="store_true",
+                   help="then re-do every face at 512 px with the person's identity (the F2D Face Detail pass)")
+    g.add_argument("--detail-denoise", type=float, default=0.45, help="how much of each face is redrawn (0-1)")
+    g.add_argument("--detail-steps", type=int, default=20, help="sampling steps of the face pass's schedule")
+    g.add_argument("--detail-prompt", help=f"prompt for the face crops (default 'a close-up photo of "
+                                           f"{DEFAULT_IDENTIFIER}, detailed face')")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     g.set_defaults(func=_cmd_generate)
 

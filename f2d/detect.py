@@ -658,6 +658,9 @@ def detect_and_align(images: Sequence[np.ndarray] | np.ndarray, detector, face: 
                      skip_faceless: bool = False, progress: Callable[[int, int], None] | None = None) -> AlignedFaces:
     """Detect, choose one face per image and align it onto the ArcFace 112x112 template.
 
+    ``face="all"``: every face of each image, image order then left to right (``image_indices``
+    repeats per face); with ``skip_faceless`` images without a face contribute nothing, even all.
+
     ``images``: a sequence (or a batch array) of (H, W[, C]) images, uint8 or float in [0, 1],
     grey, RGB or RGBA. Faceless images raise :class:`NoFaceError` naming the image, or with
     ``skip_faceless`` are skipped with a warning while at least one face remains.
@@ -678,14 +681,14 @@ def detect_and_align(images: Sequence[np.ndarray] | np.ndarray, detector, face: 
                 f"image {i}: no face found by the {detector.name} detector ({image.shape[1]}x{image.shape[0]} px). "
                 "Use a photo where the face is clearly visible and upright, or turn on skip_faceless "
                 "to leave such images out of a batch", i)
-        f = choose_face(faces, face, i)
-        crop, matrix = align_to_arcface_template(image, f.points)
-        crops.append(crop)
-        chosen.append(f)
-        kept.append(i)
-        matrices.append(matrix)
+        for f in faces if face == "all" else [choose_face(faces, face, i)]:
+            crop, matrix = align_to_arcface_template(image, f.points)
+            crops.append(crop)
+            chosen.append(f)
+            kept.append(i)
+            matrices.append(matrix)
     if skipped:
-        if not crops:
+        if not crops and face != "all":
             raise NoFaceError(f"no face found in any of the {len(skipped)} image(s) by the {detector.name} detector; "
                               "use photos where the face is clearly visible", skipped[0])
         log.warning("no face in image(s) %s: skipped", ", ".join(map(str, skipped)))

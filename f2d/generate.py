@@ -176,3 +176,49 @@ def grid(images, columns: int = 4):
     for i, im in enumerate(images):
         out.paste(im, ((i % columns) * w, (i // columns) * h))
     return out
+
+
+def detail_images(pipe, images, tokens: IdentityTokens, identity: torch.Tensor | None, detector, encoder,
+                  prompt: str, negative: str = "", steps: int = 20, denoise: float = 0.45, cfg: float = 7.0,
+                  seed: int = 0, identifier: str = DEFAULT_IDENTIFIER, settings=None, progress: bool = True):
+    """The face-detail pass (f2d/detail.py) on diffusers: PIL images -> (PIL images, notes).
+
+    Each face crop is resampled by diffusers' inpainting pipeline built from ``pipe``'s own
+    components (no download; with an ordinary 4-channel UNet it runs img2img and keeps the
+    latents outside the mask), then pasted back through the feathered mask by f2d/detail.py.
+    ``encoder`` None: the faces are not encoded (one person, every face)."""
+    import diffusers
+    import numpy as np
+    from PIL import Image
+
+    from .detail import DetailSettings, find_faces, run_detail
+
+    if not 0.0 < denoise <= 1.0 or math.ceil(steps * denoise) < 1:
+        raise ValueError(f"--detail-denoise must be within 0..1 and above 0 (got {denoise}), and "
+                         f"--detail-steps x --detail-denoise at least 1 step")
+    settings = settings or DetailSettings()
+    arrays = [np.asarray(im.convert("RGB")) for im in images]
+    found = find_faces(arrays, detector, encoder)
+    components = {k: v for k, v in pipe.components.items() if k in ("vae", "text_encoder", "tokenizer", "unet",
+                                                                      "scheduler", "feature_extractor")}
+    inpainter = diffusers.StableDiffusionInpaintPipeline(**components, safety_checker=None,
+                                                         requires_safety_checker=False)
+    inpainter.set_progress_bar_config(disable=not progress)
+    with_id = encode_prompt(pipe.tokenizer, pipe.text_encoder, prompt, tokens, identifier)
+    negative_cond = encode_prompt(pipe.tokenizer, pipe.text_encoder, negative)
+    device = pipe.unet.device
+
+    def inpaint(crop: torch.Tensor, mask: torch.Tensor, job) -> torch.Tensor:
+        generator = torch.Generator("cpu" if device.type == "mps" else device).manual_seed(seed + job.seed_offset)
+        out = inpainter(prompt_embeds=with_id, negative_prompt_embeds=negative_cond,
+                        image=crop.permute(2, 0, 1)[None].to(device), mask_image=mask[None, None].to(device),
+                        height=crop.shape[0], width=crop.shape[1], strength=denoise, num_inference_steps=steps,
+                        guidance_scale=cfg, generator=generator, output_type="pt").images
+        return out[0].permute(1, 2, 0).float().cpu().clamp(0, 1)
+
+    batch = torch.from_numpy(np.stack(arrays)).float() / 255
+    vectors = None if identity is None or encoder is None else identity.reshape(1, -1).float().cpu()
+    with torch.no_grad():
+        result = run_detail(batch, found, vectors, 1, inpaint, settings)
+    pixels = (result.images * 255).round().clamp(0, 255).to(torch.uint8).numpy()
+    return [Image.fromarray(p) for p in pixels], result.notes

@@ -9,6 +9,7 @@ register_model_folder()
 
 # Imported after the folder is registered: their schemas list its files.
 from .conditioning import F2DSampler, F2DTextEncode  # noqa: E402
+from .detail import F2DFaceDetail  # noqa: E402
 from .identity import (  # noqa: E402
     F2DEncodeIdentity,
     F2DExpressionGuidance,
@@ -32,6 +33,7 @@ NODES = [
     F2DIdentitySimilarity,
     F2DBestOfN,
     F2DMixIdentities,
+    F2DFaceDetail,
 ]
 
 

@@ -155,6 +155,26 @@ def decode_save(w: Workflow, prefix: str, group: int, col: int) -> None:
     w.nodes["save"] = N("SaveImage", {"images": ["decode", 0], "filename_prefix": prefix}, "Save the image", group, col)
 
 
+def face_detail(w: Workflow, tokens: list, prompt: str, group: int, col: int, save_col: int,
+                people: list | None = None, prefix: str = "f2d_face_detail") -> None:
+    """Generated image -> F2D Face Detail (each face re-done with its person) -> saved."""
+    inputs = {"image": ["decode", 0], "model": ["checkpoint", 0], "clip": ["checkpoint", 1], "vae": ["checkpoint", 2],
+              "f2d_model": ["f2d", 0], "id_tokens": tokens, "text": prompt, "negative": "blurry, deformed face",
+              "seed": 7, "steps": 20, "cfg": 7.0, "sampler_name": "euler_ancestral", "scheduler": "normal",
+              "denoise": 0.45, "guide_size": 512, "context": 2.0, "feather": 0.3, "max_faces": 4, "min_face_size": 32,
+              "faces": "all", "extra_faces": "keep", "detector": "auto", "identifier": "f l"}
+    for i, more in enumerate(people or [], 2):
+        inputs[f"id_tokens_{i}"] = more
+    w.nodes["detail"] = N("F2DFaceDetail", inputs, "Face detail: each face re-done with its person", group, col)
+    w.nodes["save"] = N("SaveImage", {"images": ["detail", 0], "filename_prefix": prefix}, "Save the image", group,
+                        save_col)
+    w.nodes["crops"] = N("PreviewImage", {"images": ["detail", 2]}, "The re-done face crops", group, save_col)
+
+
+DETAIL_TIP = ("The face pass's likeness gain has not been measured by the pack (no official weights on its test "
+              "machines); what is tested is that only the masked faces change and each person lands on their face.")
+
+
 def text_encode(clip, tokens, text: str, title: str, group: int, col: int) -> N:
     return N("F2DTextEncode", {"clip": clip, "id_tokens": tokens, "text": text, "identifier": "f l",
                                "identity_start": 0.0, "identity_end": 1.0}, title, group, col)
@@ -309,7 +329,15 @@ def workflows() -> dict[str, Workflow]:
     w.nodes["negative"] = N("CLIPTextEncode", {"clip": ["checkpoint", 1], "text": NEGATIVE}, "Negative prompt", 4, 3)
     latent(w, 4, 5, width=768, height=512)
     ksampler_part(w, ["positive", 0], ["negative", 0], ["checkpoint", 0], "f2d_two_people", 4, 5)
-    w.nodes["decode"].col = w.nodes["save"].col = 6
+    w.nodes["decode"].col = 6
+    del w.nodes["save"]
+    # Per-person detail: each face is re-done with the person whose identity is closest to it.
+    face_detail(w, ["tokens_a", 0], "a close-up photo of f l smiling", 4, 6, 5, people=[["tokens_b", 0]],
+                prefix="f2d_two_people")
+    w.groups[3] = "4 Generate, then re-do each face with its person"
+    w.shows += (" F2D Face Detail then re-does each face at 512 px with its own person: it tells A from B by "
+                "their MSID identities, and its note says which face got whom.")
+    w.tips.append(DETAIL_TIP)
     out["09_two_people"] = w
 
     w = Workflow("Mix two identities",
@@ -333,6 +361,29 @@ def workflows() -> dict[str, Workflow]:
     f2d_sampler_part(w, ["checkpoint", 0], ["checkpoint", 1], ["tokens", 0],
                      "a photo of f l reading a newspaper in a cafe", "f2d_mix", col=4)
     out["10_mix_identities"] = w
+
+    w = Workflow("Face detail: the face again, at 512 px",
+                 "Generate as in workflow 01, then F2D Face Detail crops the face, upscales it to 512 px, redraws "
+                 "it inside a feathered mask with the person's identity (denoise 0.45) and pastes it back: more "
+                 "face pixels for the identity when the face is small in the picture. Pixels outside the mask "
+                 "stay exactly as generated.", STANDARD_GROUPS[:2] + ["3 Generate, then re-do the face"],
+                 tips=["Use it when the face covers less than about a quarter of the image (full body, groups).",
+                       "denoise 0.3-0.5 keeps pose and expression; higher redraws more.",
+                       "faces: 'all' re-does every face with the person; 'most similar' or 'largest' only one.",
+                       DETAIL_TIP])
+    models_part(w)
+    person_part(w)
+    latent(w, 3, 3)
+    w.nodes["sampler"] = N("F2DSampler", {
+        "model": ["checkpoint", 0], "clip": ["checkpoint", 1], "id_tokens": ["tokens", 0],
+        "text": "a full-body photo of f l walking on a beach at sunset", "negative": NEGATIVE,
+        "latent_image": ["latent", 0], "seed": 42, "steps": 30, "cfg": 7.0, "sampler_name": "euler_ancestral",
+        "scheduler": "normal", "denoise": 1.0, "identifier": "f l", "identity_start": 0.0, "identity_end": 1.0},
+        "Generate: prompt with f l + identity", 3, 4)
+    w.nodes["decode"] = N("VAEDecode", {"samples": ["sampler", 0], "vae": ["checkpoint", 2]}, "Decode to pixels",
+                          3, 5)
+    face_detail(w, ["tokens", 0], "a close-up photo of f l, detailed face", 3, 6, 5)
+    out["11_face_detail"] = w
     return out
 
 
@@ -391,7 +442,7 @@ def _height(cls: str, specs, info: dict) -> int:
     sockets = max(len(specs) - len(widgets), len(info["output"]))
     multiline = sum(1 for sp in widgets if len(sp) > 1 and isinstance(sp[1], dict) and sp[1].get("multiline"))
     h = 40 + 22 * sockets + 26 * len(widgets) + 80 * multiline
-    return h + (280 if cls in ("LoadImage", "SaveImage") else 0) + PACK_UI_HEIGHT.get(cls, 0)
+    return h + (280 if cls in ("LoadImage", "SaveImage", "PreviewImage") else 0) + PACK_UI_HEIGHT.get(cls, 0)
 
 
 # What web/js/face2diffusion.js adds below these nodes: its note panel (two or three 16 px lines
@@ -400,7 +451,8 @@ def _height(cls: str, specs, info: dict) -> int:
 # note's lines as Nodes 2.0 lays them out (it grew 24-44 px past 70 + 150; 66 px with two note lines), so it does not grow over
 # the node below.
 PACK_UI_HEIGHT = {"F2DLoadMSID": 70, "F2DEncodeIdentity": 70 + 150 + 80, "F2DTextEncode": 60, "F2DSampler": 60,
-                  "F2DSaveIdentity": 60, "F2DBestOfN": 230, "F2DIdentitySimilarity": 170}
+                  "F2DSaveIdentity": 60, "F2DBestOfN": 230, "F2DIdentitySimilarity": 170,
+                  "F2DFaceDetail": 90}
 
 
 def _note_height(text: str) -> int:

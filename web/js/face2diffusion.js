@@ -372,6 +372,7 @@ const RESULT_NODES = {
   F2DSaveIdentity: "where the identity is saved shows here after a run",
   F2DBestOfN: "the likeness scores show here after a run",
   F2DIdentitySimilarity: "the likeness scores show here after a run",
+  F2DFaceDetail: "which face got which person shows here after a run",
 };
 // The last lines a node showed, kept in its properties (saved with the workflow and the page's
 // autosave): a node that ComfyUI serves from its cache sends nothing, so they are shown again.
@@ -457,7 +458,7 @@ async function queuedByThisPage(promptId, nodeId) {
   if (seenQueueRequest) return queuedHere.has(promptId);
   // A front end that queues by another path: ask the server who queued it (its queue and
   // history entries are [number, prompt_id, prompt, extra_data, outputs]).
-  const own = (entry) => entry?.[3]?.client_id === api.clientId && entry?.[2]?.[nodeId]?.class_type === "F2DEncodeIdentity";
+  const own = (entry) => entry?.[3]?.client_id === api.clientId && RESULT_NODES[entry?.[2]?.[nodeId]?.class_type] !== undefined;
   for (let attempt = 0; attempt < 40; attempt++) {
     try {
       const queue = await (await api.fetchApi("/queue")).json();
@@ -493,7 +494,7 @@ app.registerExtension({
     api.addEventListener("execution_error", async (e) => {
       const id = String(e.detail?.node_id ?? "");
       const why = String(e.detail?.exception_message ?? "").split("\n")[0];
-      const mine = nodesOfType("F2DEncodeIdentity").filter((node) => String(node.id) === id);
+      const mine = Object.keys(RESULT_NODES).flatMap((type) => nodesOfType(type)).filter((node) => String(node.id) === id);
       if (!mine.length || !(await queuedByThisPage(e.detail?.prompt_id, id))) return;
       for (const node of mine) {
         node.f2dFacesNote = null;
