@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib
+import logging
 import math
 
 import comfy.samplers
@@ -20,7 +21,8 @@ from ..f2d.tokens import (
     position_table,
     unsupported_streams_message,
 )
-from .types import CATEGORY, F2DIdTokens, F2DIdTokensIO, unknown_choice
+from ..f2d.identity import IdentityTokens
+from .types import CATEGORY, F2DIdTokensIO, unknown_choice
 
 
 def _stream_encoder(clip, key: str):
@@ -32,7 +34,7 @@ def _stream_encoder(clip, key: str):
     return encoder
 
 
-def identity_tokens_for(clip, text: str, id_tokens: F2DIdTokens, identifier: str) -> dict:
+def identity_tokens_for(clip, text: str, id_tokens: IdentityTokens, identifier: str) -> dict:
     """ComfyUI's tokens for ``text`` with the identifier words replaced by the identity tokens:
     the ComfyUI adapter of f2d.tokens' rule, applied to each of the host's token streams."""
     identifier = check_identifier(identifier)
@@ -40,7 +42,7 @@ def identity_tokens_for(clip, text: str, id_tokens: F2DIdTokens, identifier: str
     if not tokens or set(tokens) - set(STREAM_WIDTHS):
         raise IdentifierError(unsupported_streams_message(tokens))
     ident = clip.tokenize(identifier, return_word_ids=True)
-    t = id_tokens.tokens
+    t = id_tokens
     out = {}
     for key, chunks in tokens.items():  # every stream the host tokenized, as its PhotoMaker node does
         words = ident[key][0]
@@ -58,7 +60,7 @@ def identity_tokens_for(clip, text: str, id_tokens: F2DIdTokens, identifier: str
     return out
 
 
-def encode_identity_prompt(clip, text: str, id_tokens: F2DIdTokens, identifier: str) -> list:
+def encode_identity_prompt(clip, text: str, id_tokens: IdentityTokens, identifier: str) -> list:
     return clip.encode_from_tokens_scheduled(identity_tokens_for(clip, text, id_tokens, identifier))
 
 
@@ -73,12 +75,16 @@ def _finite(cond: list, text: str) -> list:
                      "the identity tokens come from F2D Expression Guidance or a saved identity.")
 
 
-def identity_schedule(clip, text: str, id_tokens: F2DIdTokens, identifier: str, start: float, end: float) -> list:
+def identity_schedule(clip, text: str, id_tokens: IdentityTokens, identifier: str, start: float, end: float) -> list:
     """Identity prompt between ``start`` and ``end`` (fractions of sampling), the class prompt
     ("a person" for the identifier) elsewhere: delayed subject conditioning."""
     if not 0.0 <= start < end <= 1.0:
         raise ValueError(f"identity_start ({start}) must be below identity_end ({end}), both within 0..1: "
                          "lower identity_start or raise identity_end (0 and 1: the identity throughout)")
+    if id_tokens.is_empty:  # no face in the reference photos, and the user chose to go on
+        logging.warning("F2D: no identity (%s): the prompt says 'a person' where '%s' stands",
+                        id_tokens.info.get("empty", "no face"), identifier)
+        return _finite(clip.encode_from_tokens_scheduled(clip.tokenize(class_prompt(text, identifier))), text)
     with_id = _finite(encode_identity_prompt(clip, text, id_tokens, identifier), text)
     if start == 0.0 and end == 1.0:
         return with_id
