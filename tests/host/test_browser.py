@@ -424,8 +424,7 @@ def python_identifier_counts(f2d_nodes, reference, tmp_path_factory):
     clip = comfy.sd.load_text_encoder_state_dicts(
         [formula_clip_state_dict()], embedding_directory=[str(tmp_path_factory.mktemp("embeddings"))],
         clip_type=comfy.sd.CLIPType.STABLE_DIFFUSION, model_options={"dtype": torch.float32})
-    id_tokens = f2d_nodes.types.F2DIdTokens(
-        IdentityTokens(reference["mapping.first.null_exp"], reference["mapping.last.null_exp"]))
+    id_tokens = IdentityTokens(reference["mapping.first.null_exp"], reference["mapping.last.null_exp"])
 
     class Recording:  # the real CLIP; notes the token streams the node encodes
         def __init__(self):
