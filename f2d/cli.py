@@ -14,7 +14,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .detect import BACKENDS
-from .files import load_photo
 from .precision import PRECISIONS
 from .tokens import DEFAULT_IDENTIFIER
 from .weights import WeightsError, convert

@@ -4,7 +4,6 @@ from __future__ import annotations
 import os
 import comfy.model_management as mm
 import comfy.utils
-import folder_paths
 import numpy as np
 import torch
 from comfy_api.latest import io, ui

@@ -366,6 +366,9 @@ def test_run_shows_image_and_chosen_face(page):
     page.show_node(encode)
     text = page.wait_note(encode, "photo 0: the only face", timeout_s=120)
     assert "after a run" not in text and page.note(encode).get_attribute("data-state") == "ok"
+    # The intake report under the face line: face size, sharpness and head pose, on the node in both views.
+    text = page.wait_note(encode, "px apart", "sharpness", "yaw", timeout_s=30)
+    assert "detector: " in text and "running on" in text
     page.shot("run_chosen_face")
     deadline = time.monotonic() + 30
     while not set((page.server.base / "output").glob("f2d_basic_*.png")) - before and time.monotonic() < deadline:
