@@ -9,7 +9,8 @@ an unconnected input and stop until the user rewires it, and API prompts would b
 
 The host owns each cached detector: it is wrapped in a ModelPatcher (of a module without
 weights, so the host never moves or casts the detector itself) and loaded with the host's model
-management while a node uses it. Whatever makes ComfyUI unload models -- "Unload Models" in the
+management while a node uses it (loaded with the node's other models in one call, so making room
+for them cannot unload it mid-node). Whatever makes ComfyUI unload models -- "Unload Models" in the
 menu (/free), recovery from an out-of-memory error, memory pressure -- detaches the patcher, and
 its ON_DETACH callback (the host's public patcher callbacks; nothing of the host is patched)
 drops the detector from the cache and closes it (at once, or when the node using it is done).
@@ -59,8 +60,11 @@ def providers() -> list[str]:
 
 
 def _forget(key: tuple):
+    # ComfyUI 0.3.75 also detaches a model it is about to load again (load_models_gpu re-loads an
+    # already loaded model as a "clone" of itself, detach(unpatch_all=False)); only an unload
+    # (LoadedModel.model_unload, from free_memory / unload_all_models) detaches with unpatch_all=True.
     def on_detach(patcher, unpatch_all):
-        if _patchers.get(key) is patcher:
+        if unpatch_all and _patchers.get(key) is patcher:
             del _patchers[key]
             CACHE.drop(key)
     return on_detach
