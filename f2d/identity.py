@@ -308,7 +308,8 @@ def map_to_tokens(encoder: IdentityEncoder, identity: IdentityVectors | torch.Te
     """Stage 3: the mean identity vector -> the two identity tokens by the mapping network, with
     the unconditional expression (``expression`` None: the prompt decides it, as the paper does at
     inference) or ``expression`` blended in at ``strength``. Empty identity -> empty tokens."""
-    vectors = identity.vectors if isinstance(identity, IdentityVectors) else identity
+    # By attribute, not isinstance: hosts may import the library under a package name of their own.
+    vectors = getattr(identity, "vectors", identity)
     if len(vectors) == 0:
         why = "no face in the reference photos"
         return IdentityTokens.empty(why)
