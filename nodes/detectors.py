@@ -63,9 +63,11 @@ def _forget(key: tuple):
     # ComfyUI 0.3.75 also detaches a model it is about to load again (load_models_gpu re-loads an
     # already loaded model as a "clone" of itself, detach(unpatch_all=False)); only an unload
     # (LoadedModel.model_unload, from free_memory / unload_all_models) detaches with unpatch_all=True.
+    # The patcher itself stays referenced here until a new detector replaces it: letting it die
+    # inside the callback would fire the host's finalizer (cleanup_models) in the middle of its
+    # free_memory loop, which then indexes a list that shrank under it.
     def on_detach(patcher, unpatch_all):
         if unpatch_all and _patchers.get(key) is patcher:
-            del _patchers[key]
             CACHE.drop(key)
     return on_detach
 
