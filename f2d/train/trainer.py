@@ -97,7 +97,8 @@ class Trainer:
         self.noise_scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
         # The frozen MSID, loaded as every front door loads it (the precision policy for this
         # device is applied there); the mapping network is the one trained here.
-        self.encoder = IdentityEncoder.for_device(cfg.msid, None, device)
+        self.encoder = IdentityEncoder.for_device(cfg.msid, None, device).requires_grad_(False)
+        self.msid = self.encoder.msid  # frozen
         self.data = FaceDataset(cfg.data, cfg.resolution)
         # The MSID is frozen and its input fixed per sample: encode each face once, by the route.
         faces = np.stack([self.data.face(i) for i in range(len(self.data))])
