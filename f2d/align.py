@@ -115,6 +115,8 @@ def warp_affine_uint8(image: np.ndarray, matrix: np.ndarray, size: int = CROP_SI
 def to_uint8_rgb(image: np.ndarray) -> np.ndarray:
     """Any of: (H, W) grey, (H, W, 1|3|4), uint8 or float in [0, 1] -> (H, W, 3) uint8."""
     img = np.asarray(image)
+    if img.dtype == np.uint8 and img.ndim == 3 and img.shape[-1] == 3 and img.flags.c_contiguous:
+        return img  # already what every step wants: no copy, so the photo route converts once
     if img.ndim == 2:
         img = img[..., None]
     if img.ndim != 3 or img.shape[-1] not in (1, 3, 4):
@@ -136,15 +138,9 @@ def to_uint8_rgb(image: np.ndarray) -> np.ndarray:
 def align_to_arcface_template(image: np.ndarray, landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Crop the face given by ``landmarks`` (5 or 68 points) out of ``image``.
 
-    Returns the 112x112x3 uint8 crop and the 3x3 similarity matrix image -> crop.
+    Returns the 112x112x3 uint8 crop and the 3x3 similarity matrix image -> crop. The photo
+    route (f2d.identity.align_photos) converts each photo once and passes (H, W, 3) uint8 RGB,
+    which is used as it is; other images are converted here.
     """
     matrix = similarity_transform(as_five_points(landmarks))
     return warp_affine_uint8(to_uint8_rgb(image), matrix), matrix
-
-
-def crop_to_tensor_input(crops_uint8: np.ndarray):
-    """(B, 112, 112, 3) uint8 RGB -> (B, 3, 112, 112) float32 in [-1, 1], the MSID input."""
-    import torch
-
-    x = torch.from_numpy(np.ascontiguousarray(crops_uint8)).permute(0, 3, 1, 2).float()
-    return x / 127.5 - 1.0

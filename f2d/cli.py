@@ -14,7 +14,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .detect import BACKENDS
-from .files import load_photo
 from .precision import PRECISIONS
 from .tokens import DEFAULT_IDENTIFIER
 from .weights import WeightsError, convert
@@ -55,19 +54,19 @@ def _identity_tokens(args: argparse.Namespace):
     if not (args.msid and args.mapping):
         raise CLIError("encoding a photo needs the weights: --msid msid.pt --mapping mapping.pt")
     from .generate import pick_device
-    from .identity import IdentityEncoder, encode_photos
+    from .identity import IdentityEncoder, encode_photos, load_photos, map_to_tokens
 
-    photos = [load_photo(p) for p in args.input]
+    photos = load_photos(args.input)
     device, _ = pick_device(args.device)
     encoder = IdentityEncoder.for_device(args.msid, args.mapping, device, args.precision)
     with open_detector(args.detector, args.insightface_root) as detector:
-        identity = encode_photos(encoder, detector, photos, face=args.face, skip_faceless=args.skip_faceless)
-    for line in identity.faces.describe():  # which face of each photo, which detector, warnings
+        identity = encode_photos(encoder, detector, photos, face=args.face, skip_faceless=args.skip_faceless,
+                                 leave_out_unlike=args.leave_out_unlike)
+    for line in identity.describe():  # each photo's face and report, notes, the detector
         print(line, file=sys.stderr)
-    tokens = encoder.tokens(identity.mean)
-    info = {"msid": Path(args.msid).name, "mapping": Path(args.mapping).name, "photos": len(photos),
-            "expression": "unconditional", "precision": encoder.precision}
-    return tokens, identity.mean, info
+    tokens = map_to_tokens(encoder, identity, info={"msid": Path(args.msid).name, "mapping": Path(args.mapping).name,
+                                                    "precision": encoder.precision})
+    return tokens, tokens.identity, tokens.info
 
 
 def _cmd_encode(args: argparse.Namespace) -> int:
@@ -170,6 +169,9 @@ def _person_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--face", default="largest", help="'largest' or the n-th face from the left (0 = leftmost)")
     p.add_argument("--skip-faceless", dest="skip_faceless", action="store_true",
                    help="leave photos without a face out (with a warning) instead of stopping")
+    p.add_argument("--leave-out-unlike", dest="leave_out_unlike", action="store_true",
+                   help="with 3 or more photos: leave out photos whose identity is unlike the others' "
+                        "(another person or a bad crop; the report flags them either way)")
     p.add_argument("--device", default="auto", help="auto, cuda, mps or cpu (fp16 on GPUs)")
     p.add_argument("--precision", default="auto", choices=list(PRECISIONS),
                    help="the MSID's attention/MLP precision; auto: bf16 on CPUs with AVX512-BF16/AMX, "

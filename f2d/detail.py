@@ -221,20 +221,14 @@ def find_faces(images: Sequence[np.ndarray], detector, encoder, progress: Callab
     """Every face of every image, detected, aligned and encoded by the photo route (the same
     detection and alignment as identity photos; image order, then left to right). Without an
     ``encoder`` the vectors are zeros (one person, faces "all" or "largest", needs none)."""
-    from .detect import NoFaceError, detect_and_align
+    from .identity import FEATURE_DIM, align_photos, encode_faces
 
-    try:
-        aligned = detect_and_align(images, detector, face="all", skip_faceless=True,
-                                   progress=None if progress is None else (lambda *_: progress()))
-    except NoFaceError:  # no face anywhere: nothing to do, not an error here
-        return FoundFaces([], [], torch.zeros(0, 1536), getattr(detector, "why", getattr(detector, "name", "")))
-    vectors = []
-    for start in range(0, len(aligned.crops) if encoder is not None else 0, chunk):
-        if progress is not None:
-            progress()
-        vectors.append(encoder.features(aligned.crops[start:start + chunk]).float().cpu())
+    tick = None if progress is None else (lambda *_: progress())
+    aligned = align_photos(images, detector, face="all", skip_faceless=True, progress=tick)
+    vectors = (encode_faces(encoder, aligned, progress=tick, chunk=chunk).float().cpu() if encoder is not None
+               else torch.zeros(len(aligned.crops), FEATURE_DIM))
     return FoundFaces([np.asarray(f.box, dtype=np.float64) for f in aligned.chosen], list(aligned.image_indices),
-                      torch.cat(vectors) if vectors else torch.zeros(len(aligned.crops), 1536), aligned.detector)
+                      vectors, aligned.detector)
 
 
 @dataclass

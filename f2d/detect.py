@@ -68,6 +68,12 @@ class NoFaceError(ValueError):
         self.image_index = image_index
 
 
+class NoFaceInBatchError(NoFaceError):
+    """skip_faceless, and not one image of the batch had a face."""
+
+    __module__ = "f2d.detect"
+
+
 @dataclass
 class Face:
     box: np.ndarray  # (4,) x0, y0, x1, y1 in image pixels
@@ -97,25 +103,28 @@ class AlignedFaces:
     faces: list[list[Face]] = field(default_factory=list)  # every face found, per input image, left to right
     skipped: list[int] = field(default_factory=list)  # faceless images skipped
     matrices: list[np.ndarray] = field(default_factory=list)  # image -> crop similarity per crop
-    detector: str = ""  # which detector found the faces (and why auto chose it)
+    detector: str = ""  # which detector found the faces (why auto chose it, where it runs)
+    tiny_photos: dict[int, str] = field(default_factory=dict)  # photos too small to search, and their size
 
     def tiny(self) -> list[int]:
         """Input images whose chosen face is too small for a good identity."""
         return [i for i, f in zip(self.image_indices, self.chosen) if f.eye_distance < TINY_EYE_DISTANCE]
 
     def describe(self) -> list[str]:
-        """One line per input image: which face was used, or that it was skipped; then the
-        detector. A face too small for a good identity says so on its line."""
-        lines = {i: f"photo {i}: no face, skipped" for i in self.skipped}
+        """One line per input image: which face was used (with face="all": one line per face),
+        or that it was skipped; then the detector. A face too small for a good identity says so
+        on its line."""
+        lines: dict[int, list[str]] = {i: [f"photo {i}: no face, skipped"] for i in self.skipped}
         for i, face in zip(self.image_indices, self.chosen):
             found = self.faces[i]
             k = next(j for j, f in enumerate(found) if f is face)
             where = "the only face" if len(found) == 1 else f"face {k} of {len(found)} from the left"
-            lines[i] = f"photo {i}: {where} (score {face.score:.2f})"
+            line = f"photo {i}: {where} (score {face.score:.2f})"
             if face.eye_distance < TINY_EYE_DISTANCE:
-                lines[i] += (f" -- TINY FACE: eyes {face.eye_distance:.0f} px apart (under {TINY_EYE_DISTANCE:.0f}), "
-                             "the identity will be poor; use a photo where the face is larger")
-        out = [lines[i] for i in sorted(lines)]
+                line += (f" -- TINY FACE: eyes {face.eye_distance:.0f} px apart (under {TINY_EYE_DISTANCE:.0f}), "
+                         "the identity will be poor; use a photo where the face is larger")
+            lines.setdefault(i, []).append(line)
+        out = [line for i in sorted(lines) for line in lines[i]]
         return out + ([f"detector: {self.detector}"] if self.detector else [])
 
 
@@ -192,6 +201,8 @@ class MediaPipeDetector:
         # Two faces: a padded crop can hold a neighbour; the one nearest the box is kept.
         self._mesh = face_mesh.FaceMesh(static_image_mode=True, max_num_faces=2, refine_landmarks=False,
                                         min_detection_confidence=0.3)
+
+    runs_on = "CPU (mediapipe's own runtime)"
 
     def close(self) -> None:
         self._detector.close()
@@ -564,6 +575,7 @@ class InsightFaceDetector:
                                allowed_modules=["detection"])
             app.prepare(ctx_id=0, det_size=(det_size, det_size))
         self.app = app
+        self.runs_on = _onnx_providers(app) or ", ".join(providers)
 
     def _faces(self, bgr: np.ndarray) -> list[Face]:
         return [Face(box=np.asarray(f.bbox, dtype=np.float64)[:4], points=np.asarray(f.kps, dtype=np.float64),
@@ -587,6 +599,15 @@ class InsightFaceDetector:
         return faces
 
 
+def _onnx_providers(app) -> str:
+    """The execution providers onnxruntime really uses (a CUDA provider it could not load drops
+    out silently there; the note must say so)."""
+    try:
+        return ", ".join(app.models["detection"].session.get_providers())
+    except Exception:  # another FaceAnalysis layout: fall back to what was asked for
+        return ""
+
+
 def how_to_get_a_detector(insightface_roots: Sequence[str | os.PathLike] = ()) -> str:
     return (
         "Ways to get a face detector: (1) MTCNN, no download at run time, every Python and platform: run "
@@ -600,11 +621,13 @@ def how_to_get_a_detector(insightface_roots: Sequence[str | os.PathLike] = ()) -
 def get_detector(backend: str = "auto", insightface_roots: Sequence[str | os.PathLike] = (),
                  insightface_pack: str | None = None, insightface_providers: Sequence[str] = ("CPUExecutionProvider",),
                  device: str | None = None):
-    """A detector object with ``.name``, ``.detect(image, index) -> list[Face]`` and ``.why``
-    (which backend and, for auto, why that one). ``device``: where MTCNN's networks run (the
-    host's torch device, e.g. "cuda:0"; default the CPU); the other backends ignore it."""
+    """A detector object with ``.name``, ``.detect(image, index) -> list[Face]``, ``.why``
+    (which backend and, for auto, why that one) and ``.runs_on`` (device or execution providers).
+
+    ``device`` ("cpu", "cuda:0", ...): where MTCNN's cascade runs, for MTCNN versions that take
+    one (the others run on the CPU); None keeps the detector's default."""
     if backend == "mtcnn":
-        det = MTCNNDetector(device=device)
+        det = _mtcnn(device)
     elif backend == "mediapipe":
         det = MediaPipeDetector()
     elif backend == "insightface":
@@ -614,6 +637,18 @@ def get_detector(backend: str = "auto", insightface_roots: Sequence[str | os.Pat
     else:
         return _auto(insightface_roots, insightface_pack, insightface_providers, device)
     det.why = det.name
+    return det
+
+
+def _mtcnn(device: str | None):
+    import inspect
+
+    if device is not None and "device" in inspect.signature(MTCNNDetector.__init__).parameters:
+        det = MTCNNDetector(device=device)
+    else:
+        det = MTCNNDetector()
+    if not getattr(det, "runs_on", None):  # an MTCNN that says where its cascade runs is believed
+        det.runs_on = str(getattr(det, "device", "cpu")).replace("cpu", "CPU")
     return det
 
 
@@ -631,7 +666,7 @@ def _auto(roots, pack, providers, device=None):
             problems.append(str(e))
             log.warning("insightface models found but unusable, trying the others: %s", e)
     reason = "insightface models present but unusable" if problems else "no insightface model pack"
-    for make in (lambda: MTCNNDetector(device=device), MediaPipeDetector):
+    for make in (lambda: _mtcnn(device), MediaPipeDetector):
         try:
             det = make()
         except DetectorUnavailable:
@@ -640,6 +675,97 @@ def _auto(roots, pack, providers, device=None):
         return det
     raise DetectorUnavailable(" ".join(["No face detector is available."] + problems
                                        + [how_to_get_a_detector(roots)]))
+
+
+def describe_detector(detector) -> str:
+    """The detector line of the notes: which detector, why, and where it runs."""
+    why = getattr(detector, "why", detector.name)
+    runs_on = getattr(detector, "runs_on", "")
+    return f"{why}, running on {runs_on}" if runs_on else why
+
+
+class DetectorCache:
+    """Detectors built once per configuration and reused (building MTCNN, a mediapipe graph or an
+    insightface session costs far more than detecting one photo).
+
+    The key is the whole configuration: backend, insightface roots, pack and providers, device --
+    and, for auto/insightface, the pack folder found on disk now, so a pack the user installs
+    later is picked up without a restart. ``acquire``/``release`` count users, so that a detector
+    dropped (``drop``: its host unloaded it) while a run still holds it is closed only after that
+    run; :meth:`close_all` closes everything (tests, shutdown).
+    """
+
+    def __init__(self, make=get_detector):
+        import threading
+
+        self._make = make
+        self._lock = threading.RLock()
+        self._entries: dict[tuple, object] = {}
+        self._users: dict[int, int] = {}
+        self._dropped: dict[int, object] = {}
+
+    @staticmethod
+    def key(backend: str, insightface_roots=(), insightface_pack=None, insightface_providers=("CPUExecutionProvider",),
+            device=None) -> tuple:
+        roots = tuple(str(Path(r)) for r in insightface_roots)
+        found = None
+        if backend in ("auto", "insightface"):
+            pack = find_insightface_pack(roots, insightface_pack)
+            found = None if pack is None else str(pack.folder)
+        return (backend, roots, insightface_pack, tuple(insightface_providers), None if device is None else str(device),
+                found)
+
+    def acquire(self, backend: str, insightface_roots=(), insightface_pack=None,
+                insightface_providers=("CPUExecutionProvider",), device=None):
+        """(key, detector, built): the cached detector for this configuration, built if needed."""
+        key = self.key(backend, insightface_roots, insightface_pack, insightface_providers, device)
+        with self._lock:
+            det = self._entries.get(key)
+            built = det is None
+            if built:
+                det = self._make(backend, insightface_roots=list(insightface_roots), insightface_pack=insightface_pack,
+                                 insightface_providers=list(insightface_providers), device=device)
+                self._entries[key] = det
+            self._users[id(det)] = self._users.get(id(det), 0) + 1
+            return key, det, built
+
+    def release(self, detector) -> None:
+        with self._lock:
+            n = self._users.get(id(detector), 1) - 1
+            if n > 0:
+                self._users[id(detector)] = n
+                return
+            self._users.pop(id(detector), None)
+            if self._dropped.pop(id(detector), None) is not None:
+                _close(detector)
+
+    def drop(self, key: tuple) -> None:
+        """Forget the detector of ``key`` and close it (now, or when its last user releases it)."""
+        with self._lock:
+            det = self._entries.pop(key, None)
+            if det is None:
+                return
+            if self._users.get(id(det)):
+                self._dropped[id(det)] = det
+            else:
+                _close(det)
+
+    def close_all(self) -> None:
+        with self._lock:
+            for key in list(self._entries):
+                self.drop(key)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+def _close(detector) -> None:
+    close = getattr(detector, "close", None)
+    if close is not None:
+        try:
+            close()
+        except Exception as e:  # a detector that cannot close must not stop the host's unload
+            log.warning("closing the %s face detector failed: %s", getattr(detector, "name", "?"), e)
 
 
 def choose_face(faces: list[Face], face: str | int, index: int) -> Face:
@@ -654,17 +780,28 @@ def choose_face(faces: list[Face], face: str | int, index: int) -> Face:
     return faces[i]
 
 
+def no_face_message(index: int, detector, image: np.ndarray) -> str:
+    return (f"image {index}: no face found by the {detector.name} detector ({image.shape[1]}x{image.shape[0]} px). "
+            "Use a photo where the face is clearly visible and upright, or turn on skip_faceless "
+            "to leave such images out of a batch")
+
+
 def detect_and_align(images: Sequence[np.ndarray] | np.ndarray, detector, face: str | int = "largest",
                      skip_faceless: bool = False, progress: Callable[[int, int], None] | None = None) -> AlignedFaces:
-    """Detect, choose one face per image and align it onto the ArcFace 112x112 template.
+    """Detect, choose the face(s) of each image and align them onto the ArcFace 112x112 template.
 
     ``face="all"``: every face of each image, image order then left to right (``image_indices``
     repeats per face); with ``skip_faceless`` images without a face contribute nothing, even all.
 
     ``images``: a sequence (or a batch array) of (H, W[, C]) images, uint8 or float in [0, 1],
-    grey, RGB or RGBA. Faceless images raise :class:`NoFaceError` naming the image, or with
-    ``skip_faceless`` are skipped with a warning while at least one face remains.
-    ``progress(done, total)`` is called before each image (hosts use it to interrupt).
+    grey, RGB or RGBA, each converted to 8-bit RGB once here. ``face``: "largest", the n-th face
+    from the left, or "all" (one crop per face found, image order then left to right;
+    ``image_indices`` repeats the image per face). Faceless images raise :class:`NoFaceError`
+    naming the image, or with ``skip_faceless`` are skipped with a warning while at least one face
+    remains. ``progress(done, total)`` is called before each image (hosts use it to interrupt).
+
+    Most callers want :func:`f2d.identity.align_photos`, the photo route's first stage (it adds
+    the small-photo check and the intake report).
     """
     crops, chosen, kept, all_faces, skipped, matrices = [], [], [], [], [], []
     for i, raw in enumerate(images):
@@ -677,10 +814,7 @@ def detect_and_align(images: Sequence[np.ndarray] | np.ndarray, detector, face: 
             if skip_faceless:
                 skipped.append(i)
                 continue
-            raise NoFaceError(
-                f"image {i}: no face found by the {detector.name} detector ({image.shape[1]}x{image.shape[0]} px). "
-                "Use a photo where the face is clearly visible and upright, or turn on skip_faceless "
-                "to leave such images out of a batch", i)
+            raise NoFaceError(no_face_message(i, detector, image), i)
         for f in faces if face == "all" else [choose_face(faces, face, i)]:
             crop, matrix = align_to_arcface_template(image, f.points)
             crops.append(crop)
@@ -689,12 +823,12 @@ def detect_and_align(images: Sequence[np.ndarray] | np.ndarray, detector, face: 
             matrices.append(matrix)
     if skipped:
         if not crops and face != "all":
-            raise NoFaceError(f"no face found in any of the {len(skipped)} image(s) by the {detector.name} detector; "
+            raise NoFaceInBatchError(f"no face found in any of the {len(skipped)} image(s) by the {detector.name} detector; "
                               "use photos where the face is clearly visible", skipped[0])
         log.warning("no face in image(s) %s: skipped", ", ".join(map(str, skipped)))
-    tiny = [i for i, f in zip(kept, chosen) if f.eye_distance < TINY_EYE_DISTANCE]
+    tiny = sorted({i for i, f in zip(kept, chosen) if f.eye_distance < TINY_EYE_DISTANCE})
     if tiny:
         log.warning("tiny face in image(s) %s (eyes under %.0f px apart): the identity will be poor; "
                     "use photos where the face is larger", ", ".join(map(str, tiny)), TINY_EYE_DISTANCE)
     return AlignedFaces(np.stack(crops) if crops else np.zeros((0, CROP_SIZE, CROP_SIZE, 3), np.uint8),
-                        chosen, kept, all_faces, skipped, matrices, getattr(detector, "why", detector.name))
+                        chosen, kept, all_faces, skipped, matrices, describe_detector(detector))

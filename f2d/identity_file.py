@@ -139,6 +139,6 @@ def load_identity(path: str | os.PathLike) -> tuple[IdentityTokens, torch.Tensor
                 check_finite(tensors[k].float(), f"{path}: the '{k}' tensor", RESAVE)
             except NonFiniteError as e:
                 raise IdentityFileError(str(e)) from None
-    tokens = IdentityTokens(tensors["first"].float()[None], tensors["last"].float()[None])
     identity = tensors["identity"].float()[None] if "identity" in tensors else None
+    tokens = IdentityTokens(tensors["first"].float()[None], tensors["last"].float()[None], identity, meta)
     return tokens, identity, meta

@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .detect import NoFaceError, detect_and_align
+from .identity import align_photos, encode_faces
 
 
 @dataclass(frozen=True)
@@ -51,19 +51,22 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1)).clamp_min(1e-12)
 
 
-def score_images(encoder, detector, images: Sequence[np.ndarray], reference: torch.Tensor,
+def score_images(encoder, detector, images: Sequence[np.ndarray], reference: torch.Tensor | None,
                  progress=None) -> list[Likeness]:
-    """Likeness of the largest face in each image to ``reference`` (1, 1536)."""
+    """Likeness of the largest face in each image to ``reference`` (1, 1536), by the photo route
+    (the same detection, alignment and MSID encoding as the reference had). Without a reference
+    (no face in the reference photos) every image scores 0, unranked."""
     scores = [Likeness(i, 0.0, False) for i in range(len(images))]
-    try:
-        aligned = detect_and_align(images, detector, face="largest", skip_faceless=True, progress=progress)
-    except NoFaceError:
-        return scores  # not one face in the batch
-    if len(aligned.crops):
-        feats = encoder.features(aligned.crops)
+    aligned = align_photos(images, detector, face="largest", skip_faceless=True, allow_no_face=True,
+                           progress=progress)
+    if len(aligned.crops) and reference is not None:
+        feats = encode_faces(encoder, aligned)
         sims = cosine(feats, reference.to(feats.device)).tolist()
         for i, s in zip(aligned.image_indices, sims):
             scores[i] = Likeness(i, float(s), True)
+    elif reference is None:
+        for i in aligned.image_indices:
+            scores[i] = Likeness(i, 0.0, True)
     return scores
 
 

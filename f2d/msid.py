@@ -126,3 +126,12 @@ class MSIDEncoder(nn.Module):
             if depth in self.extract_depths:
                 feats.append(self.norms[f"layer_{depth}"](x[:, 0]))
         return torch.cat(feats, dim=-1)
+
+
+def msid_input(crops_uint8) -> torch.Tensor:
+    """The MSID's input: (B, 112, 112, 3) uint8 RGB aligned crops -> (B, 3, 112, 112) float32
+    in [-1, 1]. Kept with the encoder (not with alignment): it is what this model expects."""
+    import numpy as np
+
+    x = torch.from_numpy(np.ascontiguousarray(crops_uint8)).permute(0, 3, 1, 2).float()
+    return x / 127.5 - 1.0

@@ -28,7 +28,8 @@ from ..f2d.tokens import (
     unsupported_streams_message,
     words_of,
 )
-from .types import CATEGORY, F2DIdTokens, F2DIdTokensIO, unknown_choice
+from ..f2d.identity import IdentityTokens
+from .types import CATEGORY, F2DIdTokensIO, unknown_choice
 
 
 def _stream_encoder(clip, key: str):
@@ -58,7 +59,7 @@ def _cpu_position_table(encoder) -> torch.Tensor:
     return hit[2]
 
 
-def identity_tokens_for(clip, text: str, id_tokens: F2DIdTokens, identifier: str) -> dict:
+def identity_tokens_for(clip, text: str, id_tokens: IdentityTokens, identifier: str) -> dict:
     """ComfyUI's tokens for ``text`` with the identifier words replaced by the identity tokens:
     the ComfyUI adapter of f2d.tokens' rule, applied to each of the host's token streams."""
     identifier = check_identifier(identifier)
@@ -66,7 +67,7 @@ def identity_tokens_for(clip, text: str, id_tokens: F2DIdTokens, identifier: str
     if not tokens or set(tokens) - set(STREAM_WIDTHS):
         raise IdentifierError(unsupported_streams_message(tokens))
     ident = clip.tokenize(identifier, return_word_ids=True)
-    t = id_tokens.tokens
+    t = id_tokens
     out = {}
     for key, chunks in tokens.items():  # every stream the host tokenized, as its PhotoMaker node does
         words = ident[key][0]
@@ -89,7 +90,7 @@ def identity_tokens_for(clip, text: str, id_tokens: F2DIdTokens, identifier: str
     return out
 
 
-def encode_identity_prompt(clip, text: str, id_tokens: F2DIdTokens, identifier: str) -> list:
+def encode_identity_prompt(clip, text: str, id_tokens: IdentityTokens, identifier: str) -> list:
     return clip.encode_from_tokens_scheduled(identity_tokens_for(clip, text, id_tokens, identifier))
 
 
@@ -148,12 +149,16 @@ def _checked_conditioning(clip, cond: list, text: str) -> list:
                      f"\"{shown}\". Use prompt weights such as (f l:1.2), between 0 and about 2.")
 
 
-def identity_schedule(clip, text: str, id_tokens: F2DIdTokens, identifier: str, start: float, end: float) -> list:
+def identity_schedule(clip, text: str, id_tokens: IdentityTokens, identifier: str, start: float, end: float) -> list:
     """Identity prompt between ``start`` and ``end`` (fractions of sampling), the class prompt
     ("a person" for the identifier) elsewhere: delayed subject conditioning."""
     if not 0.0 <= start < end <= 1.0:
         raise ValueError(f"identity_start ({start}) must be below identity_end ({end}), both within 0..1: "
                          "lower identity_start or raise identity_end (0 and 1: the identity throughout)")
+    if id_tokens.is_empty:  # no face in the reference photos, and the user chose to go on
+        logging.warning("F2D: no identity (%s): the prompt says 'a person' where '%s' stands",
+                        id_tokens.info.get("empty", "no face"), identifier)
+        return _checked_conditioning(clip, clip.encode_from_tokens_scheduled(clip.tokenize(class_prompt(text, identifier))), text)
     with_id = _checked_conditioning(clip, encode_identity_prompt(clip, text, id_tokens, identifier), text)
     if start == 0.0 and end == 1.0:
         return with_id
@@ -195,9 +200,11 @@ class ConditioningCache:
                 repr(sorted(getattr(clip, "tokenizer_options", {}).items())), id(getattr(clip, "tokenizer", None)))
 
     @staticmethod
-    def tokens_digest(id_tokens: F2DIdTokens) -> str:
+    def tokens_digest(id_tokens: IdentityTokens) -> str:
         h = hashlib.blake2b(digest_size=16)
-        for t in (id_tokens.tokens.first, id_tokens.tokens.last):
+        if id_tokens.is_empty:  # no identity: the prompt is encoded with 'a person'
+            return "empty"
+        for t in (id_tokens.first, id_tokens.last):
             t = t.detach().cpu().contiguous()
             h.update(f"{t.dtype}{tuple(t.shape)}".encode())
             h.update(t.view(torch.uint8).numpy().tobytes())

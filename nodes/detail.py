@@ -18,22 +18,25 @@ from comfy_api.latest import io
 
 from ..f2d.detail import EXTRA_FACES, FACE_MODES, MAX_PEOPLE, DetailSettings, find_faces, preview_crops, run_detail
 from ..f2d.detect import BACKENDS
+from ..f2d.identity import IdentityTokens
 from ..f2d.tokens import DEFAULT_IDENTIFIER, class_prompt
-from .conditioning import _finite, _validate_identifier, identity_schedule
-from .identity import comfy_images, face_detector
-from .types import CATEGORY, F2DIdTokens, F2DIdTokensIO, F2DModelIO, unknown_choice
+from .conditioning import _checked_conditioning, _validate_identifier, identity_schedule
+from .detectors import face_detector
+from .identity import comfy_images
+from .types import CATEGORY, F2DIdTokensIO, F2DModelIO, unknown_choice
 
 DEFAULT_PROMPT = f"a close-up photo of {DEFAULT_IDENTIFIER}, detailed face"
 
 
 @contextmanager
-def detail_detector(backend: str):
-    """The face detector for the pass: the one place it is obtained (the identity path's own)."""
-    with face_detector(backend) as det:
+def detail_detector(backend: str, f2d_model):
+    """The face detector for the pass: the server's cached one (nodes/detectors.py), loaded with
+    the MSID model so that making room for one cannot unload the other mid-node."""
+    with face_detector(backend, with_models=[f2d_model.patcher]) as det:
         yield det
 
 
-def identity_vector(id_tokens: F2DIdTokens) -> torch.Tensor | None:
+def identity_vector(id_tokens: IdentityTokens) -> torch.Tensor | None:
     """The (1, 1536) averaged MSID vector the tokens were made from (None: a file saved without it)."""
     vector = getattr(id_tokens, "identity", None)
     return None if vector is None else vector.detach().float().cpu().reshape(1, -1)
@@ -156,12 +159,11 @@ class F2DFaceDetail(io.ComfyNode):
             found_steps[0] += 1
             pbar.update_absolute(min(found_steps[0], len(image)), len(image))
 
-        with detail_detector(detector) as det:
-            mm.load_model_gpu(f2d_model.patcher)
+        with detail_detector(detector, f2d_model) as det:
             found = find_faces(comfy_images(image), det, f2d_model.encoder, progress=detecting)
 
         conds: dict[int, list] = {}
-        negative_cond = _finite(clip.encode_from_tokens_scheduled(clip.tokenize(negative)), negative)
+        negative_cond = _checked_conditioning(clip, clip.encode_from_tokens_scheduled(clip.tokenize(negative)), negative)
         previewer = latent_preview.get_previewer(model.load_device, model.model.latent_format)
         state = {"total": 0}
 
@@ -181,7 +183,10 @@ class F2DFaceDetail(io.ComfyNode):
                 model, noise, steps, cfg, sampler_name, scheduler, conds[job.person], negative_cond, latent,
                 denoise=denoise, noise_mask=mask.reshape(1, 1, *mask.shape), callback=callback,
                 disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed + job.seed_offset)
-            return vae.decode(samples)[0].to(crop)
+            out = vae.decode(samples)[0].to(crop)
+            if not torch.isfinite(out).all():  # a broken pass keeps the face as it was (the note says why)
+                raise ValueError("the face pass decoded to NaN/inf values (check the checkpoint's VAE and cfg)")
+            return out
 
         def on_face(done: int, total: int):
             mm.throw_exception_if_processing_interrupted()

@@ -2,26 +2,23 @@
 from __future__ import annotations
 
 import os
-from contextlib import contextmanager, nullcontext
-
 import comfy.model_management as mm
 import comfy.utils
-import folder_paths
 import numpy as np
 import torch
 from comfy_api.latest import io, ui
 
-from ..f2d.detect import BACKENDS, LandmarksDetector, get_detector
+from ..f2d.detect import BACKENDS
 from ..f2d.expression import check_strength, parse_expression
-from ..f2d.identity import Identity, IdentityTokens, check_tokens, encode_photos
+from ..f2d.identity import IdentityTokens, IdentityVectors, encode_photos, map_to_tokens
 from ..f2d.identity_file import IdentityFileError, load_identity, save_new_identity
 from ..f2d.mapping import EXPRESSION_DIM
 from . import paths
+from .detectors import face_detector
 from .types import (
     CATEGORY,
     F2DExpressionIO,
     F2DIdentityIO,
-    F2DIdTokens,
     F2DIdTokensIO,
     F2DModelIO,
     unknown_choice,
@@ -30,34 +27,10 @@ from .types import (
 FACE_CHOICES = ["largest"] + [str(i) for i in range(10)]
 
 
-def _insightface_roots() -> list[str]:
-    """models/insightface (where IPAdapter FaceID, InstantID and PuLID users keep the packs), plus
-    any 'insightface' folder another pack or extra_model_paths.yaml registered."""
-    roots = [os.path.join(folder_paths.models_dir, "insightface")]
-    if "insightface" in folder_paths.folder_names_and_paths:
-        roots += [p for p in folder_paths.get_folder_paths("insightface") if p not in roots]
-    return roots
-
-
-@contextmanager
-def face_detector(backend: str):
-    """The chosen detector with the pack's model folders, closed afterwards (mediapipe holds graphs)."""
-    det = get_detector(backend, insightface_roots=_insightface_roots(), insightface_providers=_providers())
-    try:
-        yield det
-    finally:
-        if hasattr(det, "close"):
-            det.close()
-
-
 def comfy_images(image: torch.Tensor) -> list[np.ndarray]:
     """ComfyUI IMAGE (B, H, W, C) floats in 0..1 -> one array per photo; f2d turns each into
     8-bit RGB (f2d.align.to_uint8_rgb), as the photos were stored."""
     return list(image.cpu().numpy())
-
-
-def _providers() -> list[str]:
-    return ["CUDAExecutionProvider", "CPUExecutionProvider"] if torch.cuda.is_available() else ["CPUExecutionProvider"]
 
 
 class F2DEncodeIdentity(io.ComfyNode):
@@ -70,7 +43,8 @@ class F2DEncodeIdentity(io.ComfyNode):
             description=(
                 "Finds the face in each reference photo, aligns it to the 112x112 ArcFace template and "
                 "encodes it with MSID. Several photos (a batch) become one identity: their identity "
-                "vectors are averaged."
+                "vectors are averaged. The note reports each photo: face size, sharpness, head pose, and "
+                "whether it looks unlike the others."
             ),
             inputs=[
                 F2DModelIO.Input("f2d_model", tooltip="From F2D Load MSID."),
@@ -93,6 +67,14 @@ class F2DEncodeIdentity(io.ComfyNode):
                     tooltip="Optional: face points as JSON, used instead of the detector: [[x, y], ...] with 5 "
                             "points (eyes, nose tip, mouth corners, image left first) or 68 landmarks per face; "
                             "one face, one face per photo, or a list of faces per photo; or OpenPose JSON."),
+                io.Boolean.Input("leave_out_unlike", default=False, optional=True,
+                                 tooltip="With 3 or more photos: leave out photos whose identity is unlike the "
+                                         "others' (probably another person, or a bad crop). The note flags them "
+                                         "either way."),
+                io.Boolean.Input("allow_no_face", default=False, optional=True,
+                                 tooltip="If no photo has a face: go on without an identity instead of stopping the "
+                                         "graph. Prompts then say 'a person' where the identifier stands, nothing "
+                                         "is saved, and the notes say so."),
             ],
             outputs=[
                 F2DIdentityIO.Output("identity", tooltip="The person, for F2D Expression Guidance."),
@@ -108,7 +90,7 @@ class F2DEncodeIdentity(io.ComfyNode):
 
     @classmethod
     def execute(cls, f2d_model, image, detector, face, skip_faceless, pose_keypoint=None,
-                face_points=None) -> io.NodeOutput:
+                face_points=None, leave_out_unlike=False, allow_no_face=False) -> io.NodeOutput:
         problem = unknown_choice("detector", detector, BACKENDS) or unknown_choice("face", face, FACE_CHOICES)
         if problem:
             raise ValueError(problem)
@@ -120,14 +102,16 @@ class F2DEncodeIdentity(io.ComfyNode):
             pbar.update_absolute(done, total)
 
         given = pose_keypoint if pose_keypoint is not None else face_points or None
-        with face_detector(detector) if given is None else nullcontext(LandmarksDetector(given)) as det:
-            mm.load_model_gpu(f2d_model.patcher)
+        with face_detector(detector, given, with_models=[f2d_model.patcher]) as det:
             identity = encode_photos(f2d_model.encoder, det, comfy_images(image), face=face,
-                                     skip_faceless=skip_faceless, progress=progress)
+                                     skip_faceless=skip_faceless, progress=progress,
+                                     leave_out_unlike=bool(leave_out_unlike), allow_no_face=bool(allow_no_face))
         crops = torch.from_numpy(np.ascontiguousarray(identity.faces.crops)).float() / 255.0
-        # Shown on the node: the crops used, and which face of each photo (web/js reads f2d_faces).
+        if not len(crops):  # no face at all (allow_no_face): a black crop, so IMAGE consumers get an image
+            crops = torch.zeros(1, 112, 112, 3)
+        # Shown on the node: the crops used, and each photo's face and report (web/js reads f2d_faces).
         shown = ui.PreviewImage(crops, cls=cls).as_dict()
-        return io.NodeOutput(identity, crops, ui={"images": shown["images"], "f2d_faces": identity.faces.describe()})
+        return io.NodeOutput(identity, crops, ui={"images": shown["images"], "f2d_faces": identity.describe()})
 
 
 class F2DExpressionGuidance(io.ComfyNode):
@@ -135,12 +119,12 @@ class F2DExpressionGuidance(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="F2DExpressionGuidance",
-            display_name="F2D Expression Guidance",
+            display_name="F2D Expression Guidance (mapping)",
             category=CATEGORY,
             description=(
-                "Maps the identity to the two identity tokens. Without an expression input it uses the "
-                "learned 'unconditional expression', as the paper does at inference: the prompt then "
-                "decides the expression ('smiling', 'angry', ...)."
+                "Runs the mapping network: the identity (and an expression) -> the two identity tokens. "
+                "Without an expression input it uses the learned 'unconditional expression', as the paper "
+                "does at inference: the prompt then decides the expression ('smiling', 'angry', ...)."
             ),
             inputs=[
                 F2DModelIO.Input("f2d_model", tooltip="From F2D Load MSID."),
@@ -156,20 +140,16 @@ class F2DExpressionGuidance(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, f2d_model, identity: Identity, strength, expression=None) -> io.NodeOutput:
+    def execute(cls, f2d_model, identity: IdentityVectors, strength, expression=None) -> io.NodeOutput:
         strength = check_strength(strength)  # before the run's work, naming strength (not the weights)
+        if identity.is_empty:
+            tokens = IdentityTokens.empty("no face in the reference photos")
+            return io.NodeOutput(tokens, ui={"f2d_note": ["no identity (no face in the reference photos): prompts "
+                                                          "will say 'a person' where the identifier stands"]})
         mm.load_model_gpu(f2d_model.patcher)
-        enc = f2d_model.encoder
-        mean = identity.mean
-        use_null = None
-        if expression is not None:
-            use_null = torch.full((mean.shape[0],), 1.0 - strength)
-        tokens = check_tokens(enc.tokens(mean, exp=expression, use_null=use_null), "the identity tokens",
-                              "The mapping network gave broken numbers: check the expression values (or leave the "
-                              "expression unconnected) and the mapping weights in F2D Load MSID.")
-        info = {"msid": f2d_model.msid_name, "mapping": f2d_model.mapping_name, "photos": int(identity.features.shape[0]),
-                "expression": "unconditional" if expression is None else f"explicit, strength {strength:g}"}
-        return io.NodeOutput(F2DIdTokens(tokens, mean.cpu(), info))
+        tokens = map_to_tokens(f2d_model.encoder, identity, expression, strength,
+                               info={"msid": f2d_model.msid_name, "mapping": f2d_model.mapping_name})
+        return io.NodeOutput(tokens)
 
 
 class F2DExpressionVector(io.ComfyNode):
@@ -239,10 +219,12 @@ class F2DSaveIdentity(io.ComfyNode):
         return state if state[1] else float("nan")
 
     @classmethod
-    def execute(cls, id_tokens: F2DIdTokens, name) -> io.NodeOutput:
+    def execute(cls, id_tokens: IdentityTokens, name) -> io.NodeOutput:
         problem = paths.identity_name_problem(name)
         if problem:
             raise ValueError(f"F2D Save Identity: name: {problem}")
+        if id_tokens.is_empty:
+            return io.NodeOutput(id_tokens, ui={"text": ["nothing saved: no identity (no face in the reference photos)"]})
         name = name.strip()
         folder = paths.identities_folder()
         same = next((f for f in paths.identity_name_files(name) if _holds(os.path.join(folder, f), id_tokens)), None)
@@ -251,19 +233,19 @@ class F2DSaveIdentity(io.ComfyNode):
         else:
             # The name is taken exclusively as the complete file appears: another server or the CLI
             # saving into the same folder at the same moment gets the next free name, never this file.
-            path = save_new_identity(folder, name, id_tokens.tokens, id_tokens.identity,
+            path = save_new_identity(folder, name, id_tokens, id_tokens.identity,
                                      {**id_tokens.info, "name": name})
             text = f"saved {path.name} in {folder}"
         return io.NodeOutput(id_tokens, ui={"text": [text]})
 
 
-def _holds(path: str, id_tokens: F2DIdTokens) -> bool:
+def _holds(path: str, id_tokens: IdentityTokens) -> bool:
     """Whether the identity file at ``path`` holds exactly these tokens (and identity vector)."""
     try:
-        tokens, identity, _ = load_identity(path)
+        tokens, identity, _ = load_identity(path)  # noqa: F841 (identity: also tokens.identity)
     except (IdentityFileError, OSError):
         return False
-    mine: IdentityTokens = id_tokens.tokens
+    mine = id_tokens
 
     def same(a, b):
         return (a is None) == (b is None) and (a is None or torch.equal(a.float().cpu().reshape(-1),
@@ -303,7 +285,7 @@ class F2DLoadIdentity(io.ComfyNode):
         if not isinstance(identity_file, str):
             raise ValueError(_no_identity_file(identity_file))
         tokens, identity, meta = load_identity(os.path.join(paths.identities_folder(), identity_file))
-        return io.NodeOutput(F2DIdTokens(tokens, identity, meta), None if identity is None else Identity(identity, None))
+        return io.NodeOutput(tokens, None if identity is None else IdentityVectors(identity, source="identity file"))
 
 
 def _no_identity_file(value) -> str:

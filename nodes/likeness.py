@@ -1,20 +1,23 @@
 """Likeness nodes: score images against the identity, keep the best of N."""
 from __future__ import annotations
 
-import comfy.model_management as mm
 import comfy.utils
 import torch
 from comfy_api.latest import io
 
 from ..f2d.detect import BACKENDS
 from ..f2d.likeness import best_of, rank, score_images, with_text_scores
-from .identity import comfy_images, face_detector
+from .detectors import face_detector
+from .identity import comfy_images
 from .types import CATEGORY, F2DIdentityIO, F2DIdTokensIO, F2DModelIO, unknown_choice
 
 
-def _reference(identity, id_tokens) -> torch.Tensor:
+def _reference(identity, id_tokens) -> torch.Tensor | None:
+    """The reference vector; None for 'no identity' (no face in the reference photos)."""
     if identity is not None:
         return identity.mean
+    if id_tokens is not None and id_tokens.is_empty:
+        return None
     if id_tokens is not None and id_tokens.identity is not None:
         return id_tokens.identity
     if id_tokens is not None:
@@ -26,11 +29,14 @@ def _reference(identity, id_tokens) -> torch.Tensor:
 
 def _score(f2d_model, images, detector, identity, id_tokens):
     reference = _reference(identity, id_tokens)
-    with face_detector(detector) as det:
-        mm.load_model_gpu(f2d_model.patcher)
+    with face_detector(detector, with_models=[f2d_model.patcher]) as det:
         pbar = comfy.utils.ProgressBar(len(images))
         return score_images(f2d_model.encoder, det, comfy_images(images), reference,
                             progress=lambda i, n: pbar.update_absolute(i, n))
+
+
+NO_REFERENCE = ("no reference identity (no face in the reference photos): every image scores 0 and keeps its "
+                "batch order")
 
 
 def _describe(scores) -> str:
@@ -99,6 +105,8 @@ class F2DIdentitySimilarity(io.ComfyNode):
     def execute(cls, f2d_model, images, detector, identity=None, id_tokens=None) -> io.NodeOutput:
         scores = _score(f2d_model, images, detector, identity, id_tokens)
         text = _describe(scores)
+        if _reference(identity, id_tokens) is None:
+            text = NO_REFERENCE + "\n" + text
         return io.NodeOutput([s.similarity for s in scores], text, ui={"text": [text]})
 
 
@@ -143,4 +151,6 @@ class F2DBestOfN(io.ComfyNode):
         kept = best_of(scores, keep)
         chosen = images[torch.tensor([s.index for s in kept], dtype=torch.long)]
         report = "kept (best first):\n" + _describe(kept) + "\nall, ranked:\n" + _describe(rank(scores))
+        if _reference(identity, id_tokens) is None:
+            report = NO_REFERENCE + "\n" + report
         return io.NodeOutput(chosen, [s.score for s in kept], report, ui={"text": [report]})

@@ -8,7 +8,6 @@ import comfy.model_patcher
 from comfy_api.latest import io
 
 from ..f2d.identity import IdentityEncoder
-from ..f2d.precision import precision_for
 from ..f2d.weights import WeightsError
 from . import paths
 from .types import CATEGORY, F2DModel, F2DModelIO
@@ -72,14 +71,14 @@ class F2DLoadMSID(io.ComfyNode):
                         if not isinstance(v, str)), None) or _missing("mapping", mapping)
         if problem:
             raise FileNotFoundError(problem)
+        load_device = mm.get_torch_device()
         try:
-            encoder = IdentityEncoder.from_files(paths.full_path(msid), paths.full_path(mapping))
+            # The library's one precision site, for the device the host will run it on; ComfyUI
+            # moves the model there itself (.to(device) keeps the per-module dtypes).
+            encoder = IdentityEncoder.for_device(paths.full_path(msid), paths.full_path(mapping), load_device,
+                                                 move=False)
         except WeightsError as e:
             raise WeightsError(f"F2D Load MSID: {e}") from None
-        load_device = mm.get_torch_device()
-        # The library's precision policy for the device the host will run it on; ComfyUI moves
-        # the model there (.to(device) keeps the per-module dtypes the policy set).
-        encoder.set_precision(precision_for(load_device))
         patcher = comfy.model_patcher.ModelPatcher(
             encoder, load_device=load_device, offload_device=mm.unet_offload_device()
         )

@@ -1,9 +1,10 @@
 """F2D Mix Identities: two to four people -> one identity (weighted mean of MSID vectors)."""
 from __future__ import annotations
 
+import torch
 from comfy_api.latest import io
 
-from ..f2d.identity import Identity
+from ..f2d.identity import IdentityVectors
 from ..f2d.mix import mix_identities
 from .types import CATEGORY, F2DIdentityIO
 
@@ -49,8 +50,14 @@ class F2DMixIdentities(io.ComfyNode):
             if ident is not None:
                 given.append((ident, weight))
         for i, (ident, _) in enumerate(given, 1):
-            if ident is None or getattr(ident, "features", None) is None:
+            if ident is None or getattr(ident, "vectors", None) is None:
                 raise ValueError(f"identity_{i} carries no MSID identity vector (an identity file saved without "
                                  "one); re-save that person from F2D Encode Identity with F2D Save Identity")
-        mixed = mix_identities([ident.features for ident, _ in given], [w for _, w in given])
-        return io.NodeOutput(Identity(mixed, faces=None))
+        # A person whose photos held no face (allow_no_face) has nothing to mix: left out, and said so.
+        empty = [i for i, (ident, _) in enumerate(given, 1) if ident.is_empty]
+        given = [g for g in given if not g[0].is_empty]
+        note = [f"identity_{i}: no identity (no face in its photos), left out of the mix" for i in empty]
+        if not given:
+            return io.NodeOutput(IdentityVectors(torch.zeros(0, 1536), source="mix", notes=note), ui={"f2d_note": note})
+        mixed = mix_identities([ident.vectors for ident, _ in given], [w for _, w in given])
+        return io.NodeOutput(IdentityVectors(mixed, source="mix", notes=note), ui={"f2d_note": note} if note else None)

@@ -1,12 +1,17 @@
-"""Socket types of the pack. `F2D_*` names keep other packs' objects out of our sockets."""
+"""Socket types of the pack. `F2D_*` names keep other packs' objects out of our sockets.
+
+What travels on each (Python objects never outlive a ComfyUI session, so only the type ids are
+part of saved workflows):
+- F2D_MODEL: :class:`F2DModel` (the MSID encoder + mapping network, owned by the host's model management);
+- F2D_IDENTITY: :class:`f2d.identity.IdentityVectors` (MSID vectors, their mean, the intake report);
+- F2D_ID_TOKENS: :class:`f2d.identity.IdentityTokens` (the two tokens with their provenance);
+- F2D_EXPRESSION: a (1, 64) expression tensor.
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-import torch
 from comfy_api.latest import io
-
-from ..f2d.identity import IdentityTokens
 
 CATEGORY = "Face2Diffusion"
 
@@ -30,15 +35,6 @@ class F2DModel:
     @property
     def encoder(self):
         return self.patcher.model
-
-
-@dataclass
-class F2DIdTokens:
-    """What stands in for the identifier words, plus what it was made from (for saving)."""
-
-    tokens: IdentityTokens
-    identity: torch.Tensor | None = None  # (1, 1536) averaged MSID identity
-    info: dict = field(default_factory=dict)
 
 
 def unknown_choice(name: str, value, options) -> str | None:

@@ -224,7 +224,7 @@ def test_description_says_which_face_was_used(detector, astronaut):
     assert lines[0] == "photo 0: no face, skipped"
     assert lines[1].startswith("photo 1: face 0 of 2 from the left")
     assert lines[2].startswith("photo 2: the only face")
-    assert lines[3] == f"detector: {detector.name}"
+    assert lines[3] == f"detector: {detector.name}, running on {detector.runs_on}"  # the provider is never silent
     assert "TINY" not in " ".join(lines)
 
 

@@ -87,7 +87,7 @@ def test_chunked_encoding_equals_one_pass_and_reports_progress(encoder, detector
     calls = []
     chunked = encode_photos(encoder, detector, photos, chunk=4, progress=lambda d, t: calls.append((d, t)))
     whole = encode_photos(encoder, detector, photos, chunk=len(photos))
-    assert torch.allclose(chunked.features, whole.features, atol=1e-5)
+    assert torch.allclose(chunked.vectors, whole.vectors, atol=1e-5)
     n = len(photos)
     encoding = [c for c in calls if c[1] == 2 * n and c[0] >= n]
     assert [d for d, _ in calls[:n]] == list(range(n))  # before each photo's detection
@@ -116,7 +116,7 @@ def test_photo_too_small_for_a_face_is_named(encoder, detector, photos):
         encode_photos(encoder, detector, [photos[0], tiny])
     assert "skip_faceless" in str(e.value)
     kept = encode_photos(encoder, detector, [photos[0], tiny], skip_faceless=True)
-    assert kept.features.shape[0] == 1 and kept.faces.skipped == [1]
+    assert kept.vectors.shape[0] == 1 and kept.faces.skipped == [1]
 
 
 def test_a_pasted_list_of_expression_numbers_reads_like_the_bare_numbers():

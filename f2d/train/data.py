@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..files import load_photo
 from ..mapping import EXPRESSION_DIM
 
 
@@ -86,7 +87,8 @@ class FaceDataset:
 
     def __getitem__(self, i: int) -> Sample:
         e = self.entries[i]
-        image = _square(Image.open(e["image"]).convert("RGB"), self.resolution, Image.BICUBIC)
+        # Upright by its EXIF orientation, as prepare() and the inference route read it.
+        image = _square(Image.fromarray(load_photo(e["image"])), self.resolution, Image.BICUBIC)
         mask = _square(Image.open(e["mask"]).convert("L"), self.resolution, Image.BILINEAR)
         face = self.face(i)
         exp = e.get("expression")
@@ -102,24 +104,27 @@ class FaceDataset:
 
 def prepare(images: Path, out: Path, prompt: str, detector) -> Path:
     """A manifest from a folder of photos: aligned faces and elliptical face masks from the
-    detector's face box and points (a fallback for users without face-parsing masks)."""
+    detector's face box and points (a fallback for users without face-parsing masks).
+
+    Photos go through the inference route (:func:`f2d.identity.load_photos` +
+    :func:`f2d.identity.align_photos`: EXIF orientation, 8-bit RGB, the largest face, the same
+    alignment), so a face trains as F2D Encode Identity and the CLI will see it."""
     from PIL import ImageDraw
 
-    from ..align import align_to_arcface_template, to_uint8_rgb
+    from ..identity import align_photos, load_photos
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "face").mkdir(exist_ok=True)
     (out / "mask").mkdir(exist_ok=True)
     lines = []
     for path in sorted(p for p in Path(images).iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp")):
-        photo = to_uint8_rgb(np.array(Image.open(path).convert("RGB")))
-        faces = detector.detect(photo)
-        if not faces:
+        photo = load_photos([path])[0]
+        aligned = align_photos([photo], detector, face="largest", allow_no_face=True)
+        if not len(aligned.crops):
             print(f"{path.name}: no face, skipped")
             continue
-        f = max(faces, key=lambda f: f.area)
-        crop, _ = align_to_arcface_template(photo, f.points)
-        Image.fromarray(crop).save(out / "face" / f"{path.stem}.png")
+        f = aligned.chosen[0]
+        Image.fromarray(aligned.crops[0]).save(out / "face" / f"{path.stem}.png")
         mask = Image.new("L", (photo.shape[1], photo.shape[0]), 0)
         x0, y0, x1, y1 = f.box
         grow_x, grow_y = 0.1 * (x1 - x0), 0.2 * (y1 - y0)  # forehead and chin reach past the box

@@ -17,14 +17,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..align import crop_to_tensor_input
-from ..files import load_photo, save_safetensors_atomic
+from ..files import save_safetensors_atomic
 from ..generate import encode_prompts
 from ..mapping import MappingNetwork
-from ..msid import MSIDEncoder
-from ..precision import compute_dtype, precision_for
 from ..tokens import DEFAULT_IDENTIFIER
-from ..weights import load_mapping, load_msid, load_tensors
+from ..weights import load_mapping, load_tensors
+from ..detect import AlignedFaces
+from ..identity import IdentityEncoder, IdentityTokens, encode_faces
 from .data import FaceDataset
 from .loss import cgdr_loss, mask_to_latent
 
@@ -96,14 +95,14 @@ class Trainer:
         from diffusers import DDPMScheduler
 
         self.noise_scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
-        # Frozen, used once per face: the library's precision policy for this device (f2d.precision).
-        self.msid: MSIDEncoder = load_msid(cfg.msid, device=device)
-        self.msid.set_compute_dtype(compute_dtype(precision_for(device)))
+        # The frozen MSID, loaded as every front door loads it (the precision policy for this
+        # device is applied there); the mapping network is the one trained here.
+        self.encoder = IdentityEncoder.for_device(cfg.msid, None, device).requires_grad_(False)
+        self.msid = self.encoder.msid  # frozen
         self.data = FaceDataset(cfg.data, cfg.resolution)
-        # The MSID is frozen and its input fixed per sample: encode each face once.
-        with torch.no_grad():
-            x = crop_to_tensor_input(np.stack([self.data.face(i) for i in range(len(self.data))])).to(device)
-            self.features = torch.cat([self.msid(x[i:i + 16]) for i in range(0, len(x), 16)]).float()
+        # The MSID is frozen and its input fixed per sample: encode each face once, by the route.
+        faces = np.stack([self.data.face(i) for i in range(len(self.data))])
+        self.features = encode_faces(self.encoder, AlignedFaces(faces, [], []), chunk=16).to(device)
         if cfg.mapping_init:
             mapping = load_mapping(cfg.mapping_init)
         else:
@@ -192,22 +191,21 @@ class Trainer:
         return found[-1].parent if found else None
 
     def sample_images(self) -> list[Path]:
-        from ..detect import detect_and_align, get_detector
+        from ..detect import get_detector
         from ..generate import GenerationSettings, generate
-        from ..identity import IdentityTokens
+        from ..identity import encode_photos, load_photos
 
         cfg = self.cfg
         detector = get_detector("auto", insightface_roots=cfg.insightface_roots)
         try:
-            crops = detect_and_align([load_photo(cfg.sample_photo)], detector).crops
+            identity = encode_photos(self.encoder, detector, load_photos([cfg.sample_photo]))
         finally:
             if hasattr(detector, "close"):
                 detector.close()
         mapping = self.acc.unwrap_model(self.mapping)
         mapping.eval()
         with torch.no_grad():
-            x = crop_to_tensor_input(crops).to(self.acc.device)
-            first, last = mapping(self.msid(x))
+            first, last = mapping(identity.mean.to(self.acc.device))
         mapping.train()
         paths = []
         for k, prompt in enumerate(cfg.sample_prompts):

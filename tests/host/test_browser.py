@@ -366,6 +366,9 @@ def test_run_shows_image_and_chosen_face(page):
     page.show_node(encode)
     text = page.wait_note(encode, "photo 0: the only face", timeout_s=120)
     assert "after a run" not in text and page.note(encode).get_attribute("data-state") == "ok"
+    # The intake report under the face line: face size, sharpness and head pose, on the node in both views.
+    text = page.wait_note(encode, "px apart", "sharpness", "yaw", timeout_s=30)
+    assert "detector: " in text and "running on" in text
     page.shot("run_chosen_face")
     if page.vue:  # Nodes 2.0 lays the node out from its DOM: with the crops on show it stays clear of the node below
         tokens = page.node_id("F2DExpressionGuidance")
@@ -504,8 +507,7 @@ def python_identifier_counts(f2d_nodes, reference, tmp_path_factory):
     clip = comfy.sd.load_text_encoder_state_dicts(
         [formula_clip_state_dict()], embedding_directory=[str(tmp_path_factory.mktemp("embeddings"))],
         clip_type=comfy.sd.CLIPType.STABLE_DIFFUSION, model_options={"dtype": torch.float32})
-    id_tokens = f2d_nodes.types.F2DIdTokens(
-        IdentityTokens(reference["mapping.first.null_exp"], reference["mapping.last.null_exp"]))
+    id_tokens = IdentityTokens(reference["mapping.first.null_exp"], reference["mapping.last.null_exp"])
 
     class Recording:  # the real CLIP; notes the token streams the node encodes
         def __init__(self):

@@ -21,8 +21,8 @@ def test_auto_says_which_detector_and_warns_about_a_tiny_face(f2d_nodes, fixture
     out = f2d_nodes.F2DEncodeIdentity.execute(model, photo_tensor(small), "auto", "largest", False)
     note = out.ui["f2d_faces"]
     assert note[0].startswith("photo 0: the only face") and "TINY FACE" in note[0] and "identity will be poor" in note[0]
-    assert note[-1] == "detector: mtcnn (auto: no insightface model pack)"
-    assert out.args[0].features.shape == (1, 1536)  # still encodes
+    assert note[-1] == "detector: mtcnn (auto: no insightface model pack), running on CPU"
+    assert out.args[0].vectors.shape == (1, 1536)  # still encodes
 
 
 def test_pose_keypoints_from_another_pack_replace_the_detector(f2d_nodes, fixtures, reference):

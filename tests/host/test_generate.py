@@ -101,8 +101,8 @@ def test_encode_file_loads_in_the_comfyui_node_with_the_same_tokens(f2d_nodes, h
     photo = torch.from_numpy(np.array(Image.open(fixtures / "astronaut.png").convert("RGB"))).float()[None] / 255
     identity = f2d_nodes.F2DEncodeIdentity.execute(model, photo, "auto", "largest", False).args[0]
     in_comfy = f2d_nodes.F2DExpressionGuidance.execute(model, identity, 1.0).args[0]
-    assert (loaded.tokens.first - in_comfy.tokens.first).abs().max() <= 1e-5
-    assert (loaded.tokens.last - in_comfy.tokens.last).abs().max() <= 1e-5
+    assert (loaded.first - in_comfy.first).abs().max() <= 1e-5
+    assert (loaded.last - in_comfy.last).abs().max() <= 1e-5
     # And the file drives generation without photo or weights.
     out = tmp_path / "from_identity.png"
     r = cli("generate", "--identity", ident, "-p", "f l smiling", "--base", pipeline_dir, "-o", out, "--steps", 1,

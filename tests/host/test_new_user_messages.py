@@ -26,8 +26,7 @@ def clip(f2d_nodes, tmp_path_factory):
 def id_tokens(f2d_nodes, reference):
     from f2d.identity import IdentityTokens
 
-    return f2d_nodes.types.F2DIdTokens(
-        IdentityTokens(reference["mapping.first.null_exp"], reference["mapping.last.null_exp"]))
+    return IdentityTokens(reference["mapping.first.null_exp"], reference["mapping.last.null_exp"])
 
 
 @pytest.mark.parametrize("word", ["happy", "smiling, angry"])

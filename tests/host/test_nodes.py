@@ -40,8 +40,7 @@ def clip16(clip_state_dict):
 def reference_tokens(f2d_nodes, reference):
     from f2d.identity import IdentityTokens
 
-    types = f2d_nodes.types
-    return types.F2DIdTokens(IdentityTokens(reference["mapping.first.null_exp"], reference["mapping.last.null_exp"]))
+    return IdentityTokens(reference["mapping.first.null_exp"], reference["mapping.last.null_exp"])
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +102,7 @@ def test_tokens_inserted_as_plain_word_embeddings_would_be_wrong(f2d_nodes, clip
     tokens = clip32.tokenize(prompt, return_word_ids=True)
     pos = find_identifier(tokens["l"], *identifier_ids(clip32))
     assert len(pos) == 1
-    t = reference_tokens.tokens
+    t = reference_tokens
     naive = inject(tokens["l"], [(pos[0].first, t.first[0]), (pos[0].last, t.last[0])])
     cond = clip32.encode_from_tokens_scheduled({"l": naive})[0][0]
     assert (cond - reference["clip.eiffel.cond"]).abs().max().item() > 100 * ATOL
@@ -214,13 +213,13 @@ def test_sd2_and_sdxl_clips_are_refused_with_the_fix(f2d_nodes, reference_tokens
 def test_load_encode_and_expression_nodes(f2d_nodes, host_base, reference, fixtures):
     from PIL import Image
 
-    from f2d.identity import Identity, IdentityEncoder
+    from f2d.identity import IdentityEncoder, IdentityVectors
 
     model = f2d_nodes.F2DLoadMSID.execute("msid.pt", "mapping.pt").args[0]
     photo = torch.from_numpy(np.array(Image.open(fixtures / "astronaut.png").convert("RGB"))).float()[None] / 255
     identity, crops = f2d_nodes.F2DEncodeIdentity.execute(model, photo.repeat(2, 1, 1, 1), "mediapipe", "largest", False).args
     assert crops.shape == (2, 112, 112, 3) and 0 <= crops.min() and crops.max() <= 1
-    assert identity.features.shape == (2, 1536)
+    assert identity.vectors.shape == (2, 1536)
     weights = host_base / "models/face2diffusion/msid.pt", host_base / "models/face2diffusion/mapping.pt"
     crop = (crops[:1] * 255).round().to(torch.uint8).numpy()
     # The node runs the library's policy for this device (bf16 attention/MLPs on CPUs with AVX512-BF16).
@@ -228,16 +227,16 @@ def test_load_encode_and_expression_nodes(f2d_nodes, host_base, reference, fixtu
     assert (identity.mean - IdentityEncoder.from_files(*weights).features(crop)).abs().max() <= 0.05
 
     # Unconditional expression (the paper's inference) and an explicit one, on the fixture's identity.
-    fixture_identity = Identity(reference["msid.features"], identity.faces)
+    fixture_identity = IdentityVectors(reference["msid.features"], identity.faces)
     null = f2d_nodes.F2DExpressionGuidance.execute(model, fixture_identity, 1.0).args[0]
-    assert (null.tokens.first - reference["mapping.first.null_exp"]).abs().max() <= ATOL
+    assert (null.first - reference["mapping.first.null_exp"]).abs().max() <= ATOL
     values = ", ".join(f"{v:.9g}" for v in reference["mapping.exp"][0].tolist())
     exp = f2d_nodes.F2DExpressionVector.execute(values).args[0]
     full = f2d_nodes.F2DExpressionGuidance.execute(model, fixture_identity, 1.0, exp).args[0]
-    assert (full.tokens.first - reference["mapping.first.with_exp"]).abs().max() <= ATOL
-    assert (full.tokens.last - reference["mapping.last.with_exp"]).abs().max() <= ATOL
+    assert (full.first - reference["mapping.first.with_exp"]).abs().max() <= ATOL
+    assert (full.last - reference["mapping.last.with_exp"]).abs().max() <= ATOL
     off = f2d_nodes.F2DExpressionGuidance.execute(model, fixture_identity, 0.0, exp).args[0]
-    assert (off.tokens.first - reference["mapping.first.null_exp"]).abs().max() <= ATOL
+    assert (off.first - reference["mapping.first.null_exp"]).abs().max() <= ATOL
     assert "exactly 64 numbers, got 3" in f2d_nodes.F2DExpressionVector.validate_inputs("1, 2, 3")
 
 
@@ -257,15 +256,14 @@ def test_save_and_load_identity(f2d_nodes, reference_tokens, reference):
     assert saved.ui["text"] == [f"saved alice.safetensors in {folder}"]
     again = f2d_nodes.F2DSaveIdentity.execute(reference_tokens, "alice")
     assert again.ui["text"] == [f"already saved: this identity is alice.safetensors in {folder}"]
-    other = type(reference_tokens)(type(reference_tokens.tokens)(reference_tokens.tokens.first + 1,
-                                                                 reference_tokens.tokens.last))
+    other = type(reference_tokens)(reference_tokens.first + 1, reference_tokens.last)
     assert f2d_nodes.F2DSaveIdentity.execute(other, "alice").ui["text"] == [
         f"saved alice_1.safetensors in {folder}"]  # never overwrites
     assert "alice.safetensors" in f2d_nodes.paths.identity_files()
     assert "alice.safetensors" not in f2d_nodes.paths.model_files()  # not offered as weights
     loaded = f2d_nodes.F2DLoadIdentity.execute("alice.safetensors").args[0]
-    assert torch.equal(loaded.tokens.first, reference["mapping.first.null_exp"])
-    assert torch.equal(loaded.tokens.last, reference["mapping.last.null_exp"])
+    assert torch.equal(loaded.first, reference["mapping.first.null_exp"])
+    assert torch.equal(loaded.last, reference["mapping.last.null_exp"])
     assert "plain file name" in f2d_nodes.F2DSaveIdentity.validate_inputs("../evil")
     assert "F2D Save Identity" in f2d_nodes.F2DLoadIdentity.validate_inputs("bob.safetensors")
 

@@ -308,8 +308,9 @@ def test_batch_with_one_faceless_photo_is_used_without_it_with_skip(server):
     r = run(server, photo_graph(extra_images=["coffee.png"], skip=True))
     assert r.ok, r.message
     shown = r.history["outputs"]["4"]["f2d_faces"]
-    assert shown[0].startswith("photo 0: the only face") and shown[1] == "photo 1: no face, skipped"
-    assert shown[2:] == [line for line in shown if line.startswith("detector: ")], shown  # which detector ran
+    assert shown[0].startswith("photo 0: the only face") and shown[2] == "photo 1: no face, skipped"
+    assert shown[1].lstrip().startswith("eyes ")  # the photo's intake report under its face line
+    assert shown[3:] == [line for line in shown if line.startswith("detector: ")], shown  # which detector ran
     assert len(r.history["outputs"]["5"]["images"]) == 1  # one aligned face: the faceless photo left out
 
 

@@ -22,8 +22,7 @@ def sd15(f2d_nodes, host_base):
 def id_tokens(f2d_nodes, reference):
     from f2d.identity import IdentityTokens
 
-    return f2d_nodes.types.F2DIdTokens(IdentityTokens(reference["mapping.first.null_exp"],
-                                                      reference["mapping.last.null_exp"]))
+    return IdentityTokens(reference["mapping.first.null_exp"], reference["mapping.last.null_exp"])
 
 
 class EncoderCalls:
@@ -81,8 +80,7 @@ def test_what_the_encoding_depends_on_encodes_again(f2d_nodes, sd15, id_tokens):
     model, clip = sd15
     f2d_nodes.conditioning.SAMPLER_CONDITIONING.clear()
     f2d_sampler(f2d_nodes, model, clip, id_tokens, seed=1)
-    other_person = f2d_nodes.types.F2DIdTokens(IdentityTokens(id_tokens.tokens.first.flip(-1),
-                                                              id_tokens.tokens.last))
+    other_person = IdentityTokens(id_tokens.first.flip(-1), id_tokens.last)
     # (what changes, calls expected: positive and/or negative)
     with EncoderCalls(clip) as calls:
         f2d_sampler(f2d_nodes, model, clip, id_tokens, seed=1, negative="ugly")

@@ -352,13 +352,13 @@ def test_mixed_identity_tokens_are_the_mapping_of_the_weighted_mean(server):
 
 
 def test_mix_names_an_identity_without_its_vector_and_an_unconnected_weight(f2d_nodes):
-    from f2d.identity import Identity
+    from f2d.identity import IdentityVectors
 
-    person = Identity(torch.ones(1, 1536), None)
+    person = IdentityVectors(torch.ones(1, 1536))
     with pytest.raises(ValueError, match="identity_2 carries no MSID identity vector.*re-save"):
         f2d_nodes.F2DMixIdentities.execute(person, 0.5, None, 0.5)
     with pytest.raises(ValueError, match="weight_3 is 0.5 but identity_3 is not connected"):
         f2d_nodes.F2DMixIdentities.execute(person, 0.5, person, 0.5, weight_3=0.5)
-    three = f2d_nodes.F2DMixIdentities.execute(person, 1, Identity(torch.zeros(2, 1536), None), 1,
-                                               identity_3=Identity(torch.full((1, 1536), 4.0), None), weight_3=2)
+    three = f2d_nodes.F2DMixIdentities.execute(person, 1, IdentityVectors(torch.zeros(2, 1536)), 1,
+                                               identity_3=IdentityVectors(torch.full((1, 1536), 4.0)), weight_3=2)
     torch.testing.assert_close(three.args[0].mean, torch.full((1, 1536), 2.25))

@@ -228,7 +228,9 @@ function setNote(node, lines, state) {
     const div = document.createElement("div");
     div.textContent = line;
     // A line the node flags (a skipped photo, a face too small, a warning) stands out.
-    if (/^⚠|warn|too small|tiny|skipped|no face/i.test(line)) div.className = "f2d-warn";
+    if (/^⚠|warn|too small|tiny|skipped|no face|no identity|unlike|left out|blurry|turned away/i.test(line)) {
+      div.className = "f2d-warn";
+    }
     return div;
   }));
   // Room for the note in the classic view (Nodes 2.0 lays the node out from the DOM). Only ever
@@ -548,6 +550,12 @@ app.registerExtension({
       // are shown as they are.
       const lines = resultLines(message);
       if (lines) showResult(this, lines);
+      // Any other node's note ("no identity", left out of a mix): a note appears when there is one.
+      const note = message?.f2d_note;
+      if (!lines && Array.isArray(note) && note.length) {
+        if (!this.f2dNote) addNote(this);
+        setNote(this, note.map(String), "info");
+      }
       return r;
     };
   },
