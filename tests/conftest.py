@@ -6,7 +6,6 @@ use ComfyUI, in this process (``f2d_nodes``) or as a real server (``comfy_server
 ask for them."""
 from __future__ import annotations
 
-import ast
 import sys
 from pathlib import Path
 
@@ -16,48 +15,26 @@ from safetensors.torch import load_file
 
 from f2d_testkit import require_fixtures, write_formula_weights
 
-HOST_DIR = Path(__file__).resolve().parent / "host"
-# What only the ComfyUI host provides: its modules, and the testkit helpers that import or start it.
-HOST_MODULES = ("comfy", "comfy_api", "comfy_extras", "comfy_execution", "folder_paths", "execution", "server",
-                "nodes", "node_helpers", "latent_preview")
-HOST_HELPERS = {"import_host", "ComfyServer", "build_tiny_sd15_checkpoint", "build_tiny_controlnet"}
-
-
-def _host_imports(path: Path) -> list[str]:
-    """The host modules and host helpers a test file imports (anywhere in it, functions included)."""
-    found = []
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
-            found += [a.name for a in node.names if a.name.split(".")[0] in HOST_MODULES]
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            if node.module.split(".")[0] in HOST_MODULES:
-                found.append(node.module)
-            elif node.module == "f2d_testkit":
-                found += [a.name for a in node.names if a.name in HOST_HELPERS]
-    return found
-
 
 @pytest.hookimpl(tryfirst=True)  # before -m deselects: the rule holds for every run, make test-fast too
 def pytest_collection_modifyitems(config, items):
-    """Folders match markers: a test under tests/host carries ``host``; a test elsewhere neither
-    carries it nor imports the host. Broken, the run stops before any test runs."""
-    wrong, checked = [], {}
-    for item in items:
-        path = Path(item.path).resolve()
-        inside = HOST_DIR in path.parents
-        marked = item.get_closest_marker("host") is not None
-        if inside and not marked:
-            wrong.append(f"{item.nodeid}: in tests/host without the 'host' marker (pytestmark = pytest.mark.host, "
-                         "or move it to tests/ if it needs no ComfyUI)")
-        elif not inside and marked:
-            wrong.append(f"{item.nodeid}: marked 'host' outside tests/host (move it to tests/host)")
-        elif not inside and path not in checked:
-            checked[path] = _host_imports(path)
-            if checked[path]:
-                wrong.append(f"{path.relative_to(HOST_DIR.parent.parent)}: imports {', '.join(checked[path])} "
-                             "outside tests/host (move the test to tests/host and mark it 'host')")
+    """Folders match markers (f2d_testkit.layout_problems); broken, the run stops before any test."""
+    from f2d_testkit import layout_problems
+
+    wrong = layout_problems(items)
     if wrong:
         raise pytest.UsageError("tests and markers out of step:\n  " + "\n  ".join(wrong))
+
+
+def pytest_terminal_summary(terminalreporter):
+    """How many ComfyUI servers the run started and which test models it built or reused: the
+    figures that make the host tests slow when they grow."""
+    from f2d_testkit import COUNTS
+
+    if COUNTS:
+        terminalreporter.write_sep("-", "f2d test resources")
+        for what, n in sorted(COUNTS.items()):
+            terminalreporter.write_line(f"{what}: {n}")
 
 
 @pytest.fixture(scope="session")
