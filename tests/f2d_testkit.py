@@ -223,10 +223,24 @@ def copy_into(src: Path, dst_dir: Path) -> Path:
 
 
 def formula_clip_state_dict() -> dict[str, torch.Tensor]:
-    """SD1.x's CLIP-L text tower (transformers key names) with the reference formula weights."""
+    """SD1.x's CLIP-L text tower (transformers key names) with the reference formula weights.
+    Computing them takes seconds to a minute: done once (MODEL_CACHE), then read from disk."""
+    from safetensors.torch import load_file
+
+    if "clip" not in _FORMULA_CLIP:
+        _FORMULA_CLIP["clip"] = cache_entry("formula_clip_l", _write_formula_clip, ext=".safetensors")
+    return load_file(str(_FORMULA_CLIP["clip"]))
+
+
+_FORMULA_CLIP: dict[str, Path] = {}
+
+
+def _write_formula_clip(path: Path) -> None:
+    from safetensors.torch import save_file
+
     manifest = json.loads((require_fixtures() / "clip_l_state_dict.json").read_text())
-    return {k: formula_tensor(k, v["shape"]) if v["dtype"] == "float32" else torch.arange(77).reshape(1, 77)
-            for k, v in manifest.items()}
+    save_file({k: formula_tensor(k, v["shape"]) if v["dtype"] == "float32" else torch.arange(77).reshape(1, 77)
+               for k, v in manifest.items()}, str(path))
 
 
 _HOST = {}
@@ -309,25 +323,31 @@ def _source_key(generators: tuple, files: tuple[Path, ...]) -> str:
     return h.hexdigest()[:16]
 
 
-def cached_build(path: Path, name: str, build, generators: tuple = (), sources: tuple[Path, ...] = (),
-                 ext: str = "") -> Path:
-    """``path`` linked to the model ``build(target)`` writes, built once per version of its
-    generators (``build`` and the functions it calls, see _source_key) into MODEL_CACHE: later
-    calls, in this run or the next, only link."""
-    if path.exists():
-        return path
+def cache_entry(name: str, build, generators: tuple = (), sources: tuple[Path, ...] = (), ext: str = "") -> Path:
+    """The model ``build(target)`` writes, built once per version of its generators (``build``
+    and the functions it calls, see _source_key) into MODEL_CACHE: later calls, in this run or
+    the next, find it there."""
     stored = MODEL_CACHE / f"{name}-{_source_key((build, *generators), sources)}{ext}"
     if stored.exists():
         COUNTS[f"{name}: reused"] += 1
-    else:
-        MODEL_CACHE.mkdir(parents=True, exist_ok=True)
-        partial = MODEL_CACHE / f".{stored.name}.partial-{os.getpid()}"
-        build(partial)
-        try:
-            os.rename(partial, stored)  # atomic: a reader never sees half a model
-        except OSError:  # another run stored it first
-            shutil.rmtree(partial) if partial.is_dir() else partial.unlink()
-        COUNTS[f"{name}: built"] += 1
+        return stored
+    MODEL_CACHE.mkdir(parents=True, exist_ok=True)
+    partial = MODEL_CACHE / f".{stored.name}.partial-{os.getpid()}"
+    build(partial)
+    try:
+        os.rename(partial, stored)  # atomic: a reader never sees half a model
+    except OSError:  # another run stored it first
+        shutil.rmtree(partial) if partial.is_dir() else partial.unlink()
+    COUNTS[f"{name}: built"] += 1
+    return stored
+
+
+def cached_build(path: Path, name: str, build, generators: tuple = (), sources: tuple[Path, ...] = (),
+                 ext: str = "") -> Path:
+    """``path`` linked to cache_entry(...)."""
+    if path.exists():
+        return path
+    stored = cache_entry(name, build, generators, sources, ext)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.is_symlink():  # a link to a cache entry since removed
         path.unlink()

@@ -322,7 +322,7 @@ def test_run_shows_image_and_chosen_face(page):
     text = page.wait_note(encode, "photo 0: the only face", timeout_s=120)
     assert "after a run" not in text and page.note(encode).get_attribute("data-state") == "ok"
     page.shot("run_chosen_face")
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 120  # sampling and decoding follow the note; slow on a busy machine
     while not set((page.server.base / "output").glob("f2d_basic_*.png")) - before and time.monotonic() < deadline:
         time.sleep(0.25)
     assert set((page.server.base / "output").glob("f2d_basic_*.png")) - before, "no image saved"
