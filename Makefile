@@ -21,9 +21,9 @@ test: setup
 	bash scripts/setup-browser.sh
 	.venv/bin/pytest
 
-# Library tests only (no host start-up, no browser).
+# Library tests only (no host start-up, no browser, no throwaway installs).
 test-fast: setup
-	.venv/bin/pytest -m "not host"
+	.venv/bin/pytest -m "not host and not install"
 
 bench: setup
 	$(PY) bench/encode.py

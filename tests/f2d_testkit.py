@@ -1,14 +1,19 @@
 """Shared test helpers: fixture paths, formula weight files, and a real ComfyUI server."""
 from __future__ import annotations
 
+import ast
+import collections
 import contextlib
+import hashlib
 import importlib.util
+import inspect
 import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -25,6 +30,11 @@ PACK_NAME = "ComfyUI-Face2Diffusion"
 NEW_FRONTEND = "1.58.1"
 NEW_FRONTEND_ROOT = (REPO / ".venv" / "frontends" / f"comfyui-frontend-package-{NEW_FRONTEND}"
                      / "comfyui_frontend_package" / "static")
+# Built test models (tiny checkpoint, ControlNet, diffusers pipeline), kept between runs under a
+# name keyed by the source that generates them: a changed generator builds afresh.
+MODEL_CACHE = Path(os.environ.get("F2D_TEST_CACHE", Path(tempfile.gettempdir()) / "f2d-test-models"))
+# What this process started and built, printed at the end of a pytest run (tests/conftest.py).
+COUNTS: collections.Counter = collections.Counter()
 
 
 def require_fixtures() -> Path:
@@ -51,6 +61,49 @@ def write_formula_weights(folder: Path, kind: str, fmt: str) -> Path:
 
         save_file({k: v.contiguous() for k, v in sd.items()}, str(path))
     return path
+
+
+# -- where a test goes (tests/conftest.py runs this on every collection) --
+HOST_DIR = Path(__file__).resolve().parent / "host"
+# What only the ComfyUI host provides: its modules, and the testkit helpers that import or start it.
+HOST_MODULES = ("comfy", "comfy_api", "comfy_extras", "comfy_execution", "folder_paths", "execution", "server",
+                "nodes", "node_helpers", "latent_preview")
+HOST_HELPERS = {"import_host", "ComfyServer", "build_tiny_sd15_checkpoint", "build_tiny_controlnet"}
+
+
+def _host_imports(path: Path) -> list[str]:
+    """The host modules and host helpers a test file imports (anywhere in it, functions included)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found += [a.name for a in node.names if a.name.split(".")[0] in HOST_MODULES]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            if node.module.split(".")[0] in HOST_MODULES:
+                found.append(node.module)
+            elif node.module == "f2d_testkit":
+                found += [a.name for a in node.names if a.name in HOST_HELPERS]
+    return found
+
+
+def layout_problems(items) -> list[str]:
+    """Folders match markers: a test under tests/host carries ``host``; a test elsewhere neither
+    carries it nor imports the host (HOST_MODULES, HOST_HELPERS). One line per problem."""
+    wrong, checked = [], {}
+    for item in items:
+        path = Path(item.path).resolve()
+        inside = HOST_DIR in path.parents
+        marked = item.get_closest_marker("host") is not None
+        if inside and not marked:
+            wrong.append(f"{item.nodeid}: in tests/host without the 'host' marker (pytestmark = pytest.mark.host, "
+                         "or move it to tests/ if it needs no ComfyUI)")
+        elif not inside and marked:
+            wrong.append(f"{item.nodeid}: marked 'host' outside tests/host (move it to tests/host)")
+        elif not inside and path not in checked:
+            checked[path] = _host_imports(path)
+            if checked[path]:
+                wrong.append(f"{path.name}: imports {', '.join(checked[path])} outside tests/host "
+                             "(move the test to tests/host and mark it 'host')")
+    return wrong
 
 
 def make_workflows_module():
@@ -110,6 +163,7 @@ class ComfyServer:
         self.proc: subprocess.Popen | None = None
 
     def __enter__(self) -> "ComfyServer":
+        COUNTS["ComfyUI servers started"] += 1
         self._log = open(self.log_path, "wb")
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen(self.args, stdout=self._log, stderr=subprocess.STDOUT, env=env,
@@ -169,10 +223,24 @@ def copy_into(src: Path, dst_dir: Path) -> Path:
 
 
 def formula_clip_state_dict() -> dict[str, torch.Tensor]:
-    """SD1.x's CLIP-L text tower (transformers key names) with the reference formula weights."""
+    """SD1.x's CLIP-L text tower (transformers key names) with the reference formula weights.
+    Computing them takes seconds to a minute: done once (MODEL_CACHE), then read from disk."""
+    from safetensors.torch import load_file
+
+    if "clip" not in _FORMULA_CLIP:
+        _FORMULA_CLIP["clip"] = cache_entry("formula_clip_l", _write_formula_clip, ext=".safetensors")
+    return load_file(str(_FORMULA_CLIP["clip"]))
+
+
+_FORMULA_CLIP: dict[str, Path] = {}
+
+
+def _write_formula_clip(path: Path) -> None:
+    from safetensors.torch import save_file
+
     manifest = json.loads((require_fixtures() / "clip_l_state_dict.json").read_text())
-    return {k: formula_tensor(k, v["shape"]) if v["dtype"] == "float32" else torch.arange(77).reshape(1, 77)
-            for k, v in manifest.items()}
+    save_file({k: formula_tensor(k, v["shape"]) if v["dtype"] == "float32" else torch.arange(77).reshape(1, 77)
+               for k, v in manifest.items()}, str(path))
 
 
 _HOST = {}
@@ -207,6 +275,91 @@ def import_host(base: Path):
     return _HOST["nodes"]
 
 
+def write_identity_sensitive_mapping(path: Path, photos: list[Path]) -> Path:
+    """A mapping network whose tokens differ between people as trained weights do.
+
+    On the formula weights the MSID vectors of different people share almost everything (they
+    differ by ~3 %) and the formula mapping flattens even that (tokens differ by ~0.05 %), so no
+    test could see one identity give another image. This mapping (seeded default init) centres the
+    identity on the example photos' mean and amplifies it: tokens differ between the photos by
+    ~0.1 per dimension, several times a CLIP word embedding's spread."""
+    import numpy as np
+    from PIL import Image
+
+    from f2d.detect import MediaPipeDetector
+    from f2d.identity import IdentityEncoder, encode_photos
+    from f2d.mapping import MappingNetwork
+    from f2d.msid import FEATURE_DIM, MSIDEncoder
+
+    msid = MSIDEncoder()
+    msid.load_state_dict(formula_state_dict(MSIDEncoder()))
+    encoder = IdentityEncoder(msid.eval(), MappingNetwork())
+    detector = MediaPipeDetector()
+    try:
+        centre = torch.cat([encode_photos(encoder, detector, [np.array(Image.open(p).convert("RGB"))]).mean
+                            for p in photos]).mean(0)
+    finally:
+        detector.close()
+    torch.manual_seed(0)
+    mapping = MappingNetwork()
+    with torch.no_grad():
+        for word in (mapping.i2t_first, mapping.i2t_last):
+            first = word.layers[0][0]
+            first.weight[:, :FEATURE_DIM] *= 40
+            first.bias.copy_(-first.weight[:, :FEATURE_DIM] @ centre)
+    torch.save(mapping.state_dict(), path)
+    return path
+
+
+def _source_key(generators: tuple, files: tuple[Path, ...]) -> str:
+    """A short hash of what makes a test model: the generating functions' source, the formula,
+    the CLIP manifest, the tiny UNet's settings, torch's version and the given files (the host
+    classes the model is built from)."""
+    h = hashlib.sha256(f"{torch.__version__} {TINY_UNET}".encode())
+    for g in generators:
+        h.update(inspect.getsource(g).encode())
+    for f in (Path(__file__).with_name("formula.py"), require_fixtures() / "clip_l_state_dict.json", *files):
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def cache_entry(name: str, build, generators: tuple = (), sources: tuple[Path, ...] = (), ext: str = "") -> Path:
+    """The model ``build(target)`` writes, built once per version of its generators (``build``
+    and the functions it calls, see _source_key) into MODEL_CACHE: later calls, in this run or
+    the next, find it there."""
+    stored = MODEL_CACHE / f"{name}-{_source_key((build, *generators), sources)}{ext}"
+    if stored.exists():
+        COUNTS[f"{name}: reused"] += 1
+        return stored
+    MODEL_CACHE.mkdir(parents=True, exist_ok=True)
+    partial = MODEL_CACHE / f".{stored.name}.partial-{os.getpid()}"
+    build(partial)
+    try:
+        os.rename(partial, stored)  # atomic: a reader never sees half a model
+    except OSError:  # another run stored it first
+        shutil.rmtree(partial) if partial.is_dir() else partial.unlink()
+    COUNTS[f"{name}: built"] += 1
+    return stored
+
+
+def cached_build(path: Path, name: str, build, generators: tuple = (), sources: tuple[Path, ...] = (),
+                 ext: str = "") -> Path:
+    """``path`` linked to cache_entry(...)."""
+    if path.exists():
+        return path
+    stored = cache_entry(name, build, generators, sources, ext)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_symlink():  # a link to a cache entry since removed
+        path.unlink()
+    path.symlink_to(stored, target_is_directory=stored.is_dir())
+    return path
+
+
+def _host_sources(*relative: str) -> tuple[Path, ...]:
+    tree = comfy_tree()
+    return tuple(tree / r for r in relative)
+
+
 def _fill_deterministic(module: torch.nn.Module, seed: int, scale: float = 1.0) -> dict[str, torch.Tensor]:
     """Small deterministic weights: normal / sqrt(fan_in) for matrices and kernels, zero biases,
     ones for norm scales. Scaled by fan-in so signals survive many layers (flat ~0.02 weights turn
@@ -236,9 +389,14 @@ def build_tiny_sd15_checkpoint(path: Path) -> Path:
     """An SD1.x checkpoint that ComfyUI detects as SD1.5 and samples in about a second on a CPU:
     a one-level UNet of ComfyUI's own class (320 channels, one res block, one transformer, no
     middle block), the full CLIP-L text tower with the reference formula weights, and a TAESD
-    VAE. Original SD key names; ~265 MB in fp16. Needs ComfyUI importable (``import_host``)."""
-    if path.is_file():
-        return path
+    VAE. Original SD key names; ~265 MB in fp16. Needs ComfyUI importable (``import_host``).
+    Built once (MODEL_CACHE); ``path`` becomes a link to it."""
+    return cached_build(path, "tiny_sd15", _write_tiny_sd15_checkpoint, (_fill_deterministic, formula_clip_state_dict),
+                        _host_sources("comfy/ldm/modules/diffusionmodules/openaimodel.py", "comfy/taesd/taesd.py"),
+                        ext=".safetensors")
+
+
+def _write_tiny_sd15_checkpoint(path: Path) -> None:
     from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
     from comfy.taesd.taesd import TAESD
     from safetensors.torch import save_file
@@ -251,9 +409,7 @@ def build_tiny_sd15_checkpoint(path: Path) -> Path:
     sd.update({f"first_stage_model.{k}": v for k, v in vae.items()})
     sd.update({f"cond_stage_model.transformer.{k}": v for k, v in formula_clip_state_dict().items()})
     sd = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in sd.items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
     save_file(sd, str(path))
-    return path
 
 
 def build_tiny_lora(path: Path) -> Path:
@@ -275,7 +431,13 @@ def build_tiny_lora(path: Path) -> Path:
 
 
 def build_tiny_controlnet(path: Path) -> Path:
-    """A ControlNet of ComfyUI's own class matching the tiny UNet (middle block: one res block)."""
+    """A ControlNet of ComfyUI's own class matching the tiny UNet (middle block: one res block).
+    Built once (MODEL_CACHE); ``path`` becomes a link to it."""
+    return cached_build(path, "tiny_controlnet", _write_tiny_controlnet, (_fill_deterministic,),
+                        _host_sources("comfy/cldm/cldm.py"), ext=".safetensors")
+
+
+def _write_tiny_controlnet(path: Path) -> None:
     from comfy.cldm.cldm import ControlNet
     from safetensors.torch import save_file
 
@@ -283,9 +445,7 @@ def build_tiny_controlnet(path: Path) -> Path:
     config.update(hint_channels=3, transformer_depth_middle=-1)
     net = ControlNet(**config)
     sd = {f"control_model.{k}": v.half().contiguous() for k, v in _fill_deterministic(net, 4).items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
     save_file(sd, str(path))
-    return path
 
 
 def clip_l_text_config():
@@ -341,10 +501,17 @@ def tiny_diffusers_sd15(text_encoder):
 
 
 def build_tiny_diffusers_sd15(folder: Path) -> Path:
-    """A diffusers SD1.x pipeline folder with the full CLIP-L (reference formula weights)."""
-    if not (folder / "model_index.json").is_file():
-        tiny_diffusers_sd15(formula_transformers_clip()).save_pretrained(str(folder))
-    return folder
+    """A diffusers SD1.x pipeline folder with the full CLIP-L (reference formula weights).
+    Built once (MODEL_CACHE); ``folder`` becomes a link to it."""
+    import diffusers
+    import transformers
+
+    def write(target: Path) -> None:
+        tiny_diffusers_sd15(formula_transformers_clip()).save_pretrained(str(target))
+
+    name = f"tiny_diffusers_sd15-{diffusers.__version__}-{transformers.__version__}"
+    return cached_build(folder, name, write, (tiny_diffusers_sd15, formula_transformers_clip, clip_l_text_config,
+                                              formula_clip_state_dict))
 
 
 def build_tiny_training_pipeline(text_layers: int = 2):

@@ -2,24 +2,17 @@
 from __future__ import annotations
 
 import pytest
-import yaml
 
-from f2d_testkit import ComfyServer, PACK_NAME, write_formula_weights
+from f2d_testkit import PACK_NAME
 
 pytestmark = pytest.mark.host
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    base = tmp_path_factory.mktemp("comfy")
-    write_formula_weights(base / "models" / "face2diffusion", "msid", "pt")
-    write_formula_weights(base / "models" / "face2diffusion", "mapping", "safetensors")
-    # A second folder given by the user's extra_model_paths.yaml must be served too.
-    extra = base / "elsewhere"
-    write_formula_weights(extra / "f2d", "mapping", "pt").rename(extra / "f2d" / "mapping_shared.pt")
-    (base / "extra_model_paths.yaml").write_text(yaml.safe_dump({"shared": {"base_path": str(extra), "face2diffusion": "f2d"}}))
-    with ComfyServer(base, ["--extra-model-paths-config", str(base / "extra_model_paths.yaml")]) as s:
-        yield s
+def server(comfy_server):
+    """The run's shared server: msid.pt and mapping.safetensors in models/face2diffusion, and
+    mapping_shared.pt in a second folder given by the user's extra_model_paths.yaml."""
+    return comfy_server
 
 
 def test_pack_loads_without_import_errors(server):

@@ -16,16 +16,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from f2d_testkit import (
-    REPO,
-    ComfyServer,
-    build_tiny_controlnet,
-    build_tiny_lora,
-    build_tiny_sd15_checkpoint,
-    copy_into,
-    make_workflows_module,
-    write_formula_weights,
-)
+from f2d_testkit import REPO, make_workflows_module
 
 pytestmark = pytest.mark.host
 
@@ -33,59 +24,11 @@ API = sorted((REPO / "workflows" / "api").glob("*.json"))
 UI = sorted((REPO / "workflows").glob("*.json"))
 
 
-
-
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, f2d_nodes):
-    mw = make_workflows_module()
-    base = tmp_path_factory.mktemp("comfy_e2e")
-    models = base / "models"
-    build_tiny_sd15_checkpoint(models / "checkpoints" / mw.CHECKPOINT)
-    build_tiny_lora(models / "loras" / mw.LORA)
-    build_tiny_controlnet(models / "controlnet" / mw.CONTROLNET)
-    write_formula_weights(models / "face2diffusion", "msid", "pt")
-    write_identity_sensitive_mapping(models / "face2diffusion" / "mapping.pt", [REPO / "workflows" / p for p in mw.PHOTOS])
-    for photo in mw.PHOTOS:
-        copy_into(REPO / "workflows" / photo, base / "input")
-    from skimage import data
-
-    Image.fromarray(data.coffee()).save(base / "input" / "coffee.png")
-    with ComfyServer(base) as s:
-        yield s
-
-
-def write_identity_sensitive_mapping(path: Path, photos: list[Path]) -> Path:
-    """A mapping network whose tokens differ between people as trained weights do.
-
-    On the formula weights the MSID vectors of different people share almost everything (they
-    differ by ~3 %) and the formula mapping flattens even that (tokens differ by ~0.05 %), so no
-    test could see one identity give another image. This mapping (seeded default init) centres the
-    identity on the example photos' mean and amplifies it: tokens differ between the photos by
-    ~0.1 per dimension, several times a CLIP word embedding's spread."""
-    from f2d.detect import MediaPipeDetector
-    from f2d_testkit import formula_state_dict
-    from f2d.identity import IdentityEncoder, encode_photos
-    from f2d.mapping import MappingNetwork
-    from f2d.msid import FEATURE_DIM, MSIDEncoder
-
-    msid = MSIDEncoder()
-    msid.load_state_dict(formula_state_dict(MSIDEncoder()))
-    encoder = IdentityEncoder(msid.eval(), MappingNetwork())
-    detector = MediaPipeDetector()
-    try:
-        centre = torch.cat([encode_photos(encoder, detector, [np.array(Image.open(p).convert("RGB"))]).mean
-                            for p in photos]).mean(0)
-    finally:
-        detector.close()
-    torch.manual_seed(0)
-    mapping = MappingNetwork()
-    with torch.no_grad():
-        for word in (mapping.i2t_first, mapping.i2t_last):
-            first = word.layers[0][0]
-            first.weight[:, :FEATURE_DIM] *= 40
-            first.bias.copy_(-first.weight[:, :FEATURE_DIM] @ centre)
-    torch.save(mapping.state_dict(), path)
-    return path
+def server(comfy_server):
+    """The run's shared server: the tiny checkpoint, LoRA and ControlNet under the workflows' file
+    names, msid.pt and an identity-sensitive mapping.pt, the example photos and coffee.png."""
+    return comfy_server
 
 
 def shrink(api: dict) -> dict:

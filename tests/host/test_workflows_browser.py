@@ -13,18 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from f2d_testkit import (
-    NEW_FRONTEND,
-    NEW_FRONTEND_ROOT,
-    REPO,
-    ComfyServer,
-    make_workflows_module,
-    build_tiny_controlnet,
-    build_tiny_lora,
-    build_tiny_sd15_checkpoint,
-    copy_into,
-    write_formula_weights,
-)
+from f2d_testkit import NEW_FRONTEND, REPO
 
 pytestmark = [pytest.mark.host, pytest.mark.browser]
 CHROMIUM = Path(os.environ.get("F2D_CHROMIUM", "/usr/bin/chromium"))
@@ -35,31 +24,17 @@ SIDEBAR, TOP_BARS = 60, 125  # the left toolbar; the banner, the tabs, the workf
 FRONT_ENDS = ["bundled", NEW_FRONTEND]
 
 
-
-
 @pytest.fixture(scope="module", params=FRONT_ENDS)
-def server(request, tmp_path_factory, f2d_nodes):
+def server(request, comfy_servers):
+    """The run's shared server of each front end: every file the workflows name is present (a
+    missing-models dialog would be a wrong name); the classic view, as users see it by default."""
     if not CHROMIUM.is_file():
         if os.environ.get("CI"):
             pytest.fail(f"{CHROMIUM} missing: .ci/run installs Debian's chromium")
         pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium, or set F2D_CHROMIUM)")
-    mw = make_workflows_module()
-    base = tmp_path_factory.mktemp(f"comfy_wf_browser_{request.param}")
-    models = base / "models"
-    # Every file the workflows name is present: a missing-models dialog would be a wrong name.
-    build_tiny_sd15_checkpoint(models / "checkpoints" / mw.CHECKPOINT)
-    build_tiny_lora(models / "loras" / mw.LORA)
-    build_tiny_controlnet(models / "controlnet" / mw.CONTROLNET)
-    write_formula_weights(models / "face2diffusion", "msid", "pt")
-    write_formula_weights(models / "face2diffusion", "mapping", "pt")
-    (models / "face2diffusion" / "identities").mkdir()
-    for photo in mw.PHOTOS:
-        copy_into(REPO / "workflows" / photo, base / "input")
-    extra = [] if request.param == "bundled" else ["--front-end-root", str(NEW_FRONTEND_ROOT)]
-    with ComfyServer(base, extra_args=extra) as s:
-        assert s.post("/settings/Comfy.TutorialCompleted", True)[0] == 200
-        s.front_end = request.param
-        yield s
+    s = comfy_servers.get(request.param)
+    assert s.post("/settings/Comfy.VueNodes.Enabled", False)[0] == 200
+    return s
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,5 @@
 """`python -m f2d generate / encode`: diffusers outside ComfyUI, checked against the official
-reference and against the ComfyUI nodes. Uses the SD1.x tokenizer files ComfyUI ships."""
+reference. Uses the SD1.x tokenizer files ComfyUI ships."""
 from __future__ import annotations
 
 import json
@@ -8,18 +8,16 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from f2d_testkit import (
     REPO,
-    build_tiny_diffusers_sd15,
     clip_tokenizer,
     formula_transformers_clip,
 )
 
-# diffusers/transformers and the SD1.x tokenizer files; only the test that loads the file in the
-# ComfyUI node needs the host itself.
+# diffusers/transformers and the SD1.x tokenizer files, no ComfyUI (the identity file in the ComfyUI
+# node: tests/host/test_generate_in_comfy.py).
 pytestmark = pytest.mark.diffusers
 ATOL = 1e-4
 
@@ -54,15 +52,10 @@ def test_conditioning_matches_official_with_transformers(text_encoder, tokenizer
     assert (encode_prompt(tokenizer, text_encoder, prompt) - plain).abs().max().item() == 0
 
 
-@pytest.fixture(scope="module")
-def pipeline_dir(tmp_path_factory):
-    return build_tiny_diffusers_sd15(tmp_path_factory.mktemp("tiny_sd15") / "pipeline")
-
-
-def test_generate_writes_grid_and_images_with_parameters(pipeline_dir, weight_files, fixtures, tmp_path):
+def test_generate_writes_grid_and_images_with_parameters(tiny_diffusers_dir, weight_files, fixtures, tmp_path):
     out = tmp_path / "out" / "bread.png"
     r = cli("generate", "-i", fixtures / "astronaut.png", "-p", "f l eating bread in front of the Eiffel Tower",
-            "--base", pipeline_dir, "--msid", weight_files["msid", "pt"], "--mapping", weight_files["mapping", "pt"],
+            "--base", tiny_diffusers_dir, "--msid", weight_files["msid", "pt"], "--mapping", weight_files["mapping", "pt"],
             "-n", 3, "-o", out, "--steps", 2, "--height", 64, "--width", 64, "--seed", 7, "-q")
     assert r.returncode == 0, r.stderr
     grid = Image.open(out)
@@ -74,8 +67,8 @@ def test_generate_writes_grid_and_images_with_parameters(pipeline_dir, weight_fi
     assert params["steps"] == 2 and params["scheduler"] == "euler_a" and params["identity"]["photos"] == 1
 
 
-def test_identity_start_runs_the_class_prompt_first(pipeline_dir, weight_files, fixtures, tmp_path):
-    args = ["generate", "-i", fixtures / "astronaut.png", "-p", "a photo of f l", "--base", pipeline_dir,
+def test_identity_start_runs_the_class_prompt_first(tiny_diffusers_dir, weight_files, fixtures, tmp_path):
+    args = ["generate", "-i", fixtures / "astronaut.png", "-p", "a photo of f l", "--base", tiny_diffusers_dir,
             "--msid", weight_files["msid", "pt"], "--mapping", weight_files["mapping", "pt"], "--steps", 4,
             "--height", 64, "--width", 64, "-q"]
     assert cli(*args, "-o", tmp_path / "a.png").returncode == 0
@@ -89,30 +82,8 @@ def test_identity_start_runs_the_class_prompt_first(pipeline_dir, weight_files, 
     assert np.abs(b - c).max() > 0  # and the second half the identity
 
 
-@pytest.mark.host
-def test_encode_file_loads_in_the_comfyui_node_with_the_same_tokens(f2d_nodes, host_base, weight_files, fixtures,
-                                                                   pipeline_dir, tmp_path):
-    ident = host_base / "models" / "face2diffusion" / "identities" / "from_cli.safetensors"
-    r = cli("encode", "-i", fixtures / "astronaut.png", "--msid", weight_files["msid", "pt"],
-            "--mapping", weight_files["mapping", "pt"], "-o", ident)
-    assert r.returncode == 0, r.stderr
-    loaded = f2d_nodes.F2DLoadIdentity.execute("from_cli.safetensors").args[0]
-    model = f2d_nodes.F2DLoadMSID.execute("msid.pt", "mapping.pt").args[0]
-    photo = torch.from_numpy(np.array(Image.open(fixtures / "astronaut.png").convert("RGB"))).float()[None] / 255
-    identity = f2d_nodes.F2DEncodeIdentity.execute(model, photo, "auto", "largest", False).args[0]
-    in_comfy = f2d_nodes.F2DExpressionGuidance.execute(model, identity, 1.0).args[0]
-    assert (loaded.first - in_comfy.first).abs().max() <= 1e-5
-    assert (loaded.last - in_comfy.last).abs().max() <= 1e-5
-    # And the file drives generation without photo or weights.
-    out = tmp_path / "from_identity.png"
-    r = cli("generate", "--identity", ident, "-p", "f l smiling", "--base", pipeline_dir, "-o", out, "--steps", 1,
-            "--height", 64, "--width", 64, "-q")
-    assert r.returncode == 0, r.stderr
-    assert json.loads(Image.open(out).text["parameters"])["identity"]["name"] == "from_cli"
-
-
 @pytest.mark.parametrize("problem", ["no_face", "no_identifier", "wrong_weights", "unreadable_photo"])
-def test_bad_inputs_exit_with_one_clear_line(problem, pipeline_dir, weight_files, fixtures, tmp_path):
+def test_bad_inputs_exit_with_one_clear_line(problem, tiny_diffusers_dir, weight_files, fixtures, tmp_path):
     from skimage import data
 
     photo, prompt = fixtures / "astronaut.png", "a photo of f l"
@@ -127,7 +98,7 @@ def test_bad_inputs_exit_with_one_clear_line(problem, pipeline_dir, weight_files
     else:
         photo = tmp_path / "broken.jpg"
         photo.write_bytes(b"not a jpeg at all")
-    r = cli("generate", "-i", photo, "-p", prompt, "--base", pipeline_dir, "--msid", msid,
+    r = cli("generate", "-i", photo, "-p", prompt, "--base", tiny_diffusers_dir, "--msid", msid,
             "--mapping", weight_files["mapping", "pt"], "-o", tmp_path / "x.png", "--steps", 1, "-q")
     assert r.returncode == 2
     lines = [ln for ln in r.stderr.splitlines() if ln.startswith("error: ")]
