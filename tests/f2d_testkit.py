@@ -275,6 +275,25 @@ def import_host(base: Path):
     return _HOST["nodes"]
 
 
+def write_input_sensitive_msid(path: Path, seed: int = 0) -> Path:
+    """An MSID encoder whose vectors follow the photo, for tests of what compares vectors.
+
+    The formula weights give nearly one vector for every input (noise, a grey square and two people
+    are within 4e-5 of each other in cosine distance), so no rule that compares photos can be seen
+    working on them. A seeded default-initialised encoder (not identity-aware either) does respond
+    to the photo: with it, another person's photo sits ~15x further from the astronaut photos than
+    their own crops, resizes and mirror image do (seeds 0-2 measured)."""
+    from safetensors.torch import save_file
+
+    from f2d.msid import MSIDEncoder
+
+    torch.manual_seed(seed)
+    state = MSIDEncoder().state_dict()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    return path
+
+
 def write_identity_sensitive_mapping(path: Path, photos: list[Path]) -> Path:
     """A mapping network whose tokens differ between people as trained weights do.
 

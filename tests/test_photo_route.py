@@ -21,7 +21,7 @@ from f2d.identity import (
     map_to_tokens,
 )
 from f2d.intake import UNLIKE_RATIO, head_pose, sharpness
-from f2d_testkit import REPO
+from f2d_testkit import REPO, write_input_sensitive_msid
 
 ORIENTATION = 0x0112
 
@@ -117,27 +117,36 @@ def _photo(name: str) -> np.ndarray:
     return np.array(Image.open(REPO / "workflows" / name).convert("RGB"))
 
 
-def test_intake_reports_every_photo_and_flags_another_person(encoder, mtcnn):
-    astronaut = data.astronaut()
-    same = [astronaut, _photo("astronaut_closeup.png"), np.array(Image.fromarray(astronaut).resize((300, 300)))]
-    alone = encode_photos(encoder, mtcnn, same)
-    assert not any(r.unlike for r in alone.report) and len(alone.vectors) == 3
+@pytest.fixture(scope="module")
+def photo_sensitive_encoder(weight_files, tmp_path_factory):
+    """Formula vectors barely depend on the photo (see write_input_sensitive_msid)."""
+    msid = write_input_sensitive_msid(tmp_path_factory.mktemp("msid") / "msid.safetensors")
+    return IdentityEncoder.for_device(msid, weight_files["mapping", "safetensors"], "cpu", "fp32")
 
-    photos = same + [_photo("cameraman.png")]  # another person
+
+def test_intake_reports_every_photo_and_flags_another_person(photo_sensitive_encoder, mtcnn):
+    encoder = photo_sensitive_encoder
+    astronaut = data.astronaut()
+    same = [astronaut, _photo("astronaut_closeup.png"), np.array(Image.fromarray(astronaut).resize((300, 300))),
+            astronaut[:, ::-1].copy()]
+    alone = encode_photos(encoder, mtcnn, same)
+    assert not any(r.unlike for r in alone.report) and len(alone.vectors) == 4
+
+    photos = same + [_photo("grace_hopper.png")]  # another person
     flagged = encode_photos(encoder, mtcnn, photos)
-    assert [r.unlike for r in flagged.report] == [False, False, False, True]
-    assert flagged.report[3].distance >= UNLIKE_RATIO * float(np.median([r.distance for r in flagged.report[:3]]))
-    assert len(flagged.vectors) == 4  # flagged, still used: the user decides
+    assert [r.unlike for r in flagged.report] == [False, False, False, False, True]
+    assert flagged.report[4].distance >= UNLIKE_RATIO * float(np.median([r.distance for r in flagged.report[:4]]))
+    assert len(flagged.vectors) == 5  # flagged, still used: the user decides
     lines = flagged.describe()
     report = [line for line in lines if line.startswith("  eyes ")]
-    assert len(report) == 4 and all("sharpness" in line and "yaw" in line and "pitch" in line for line in report)
-    assert "UNLIKE THE OTHERS" in report[3] and "leave_out_unlike" in "\n".join(lines)
+    assert len(report) == 5 and all("sharpness" in line and "yaw" in line and "pitch" in line for line in report)
+    assert "UNLIKE THE OTHERS" in report[4] and "leave_out_unlike" in "\n".join(lines)
     assert lines[-1].startswith("detector: mtcnn")
 
     left_out = encode_photos(encoder, mtcnn, photos, leave_out_unlike=True)
-    assert len(left_out.vectors) == 3 and left_out.report[3].left_out
+    assert len(left_out.vectors) == 4 and left_out.report[4].left_out
     torch.testing.assert_close(left_out.mean, alone.mean)
-    assert any("left out 1 photo(s) unlike the others: 3" in line for line in left_out.describe())
+    assert any("left out 1 photo(s) unlike the others: 4" in line for line in left_out.describe())
 
 
 def test_no_face_anywhere_goes_on_only_when_asked(encoder, mtcnn):
