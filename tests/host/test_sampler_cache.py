@@ -8,6 +8,8 @@ import torch
 
 from f2d_testkit import build_tiny_lora, build_tiny_sd15_checkpoint
 
+pytestmark = pytest.mark.host
+
 
 @pytest.fixture(scope="module")
 def sd15(f2d_nodes, host_base):
