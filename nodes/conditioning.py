@@ -49,6 +49,8 @@ def _cpu_position_table(encoder) -> torch.Tensor:
     on a GPU each copy is a device round trip that waits for queued work. Copied again when the
     table is replaced or changed in place (its version counter)."""
     table = position_table(encoder)
+    if table.is_inference():  # no version counter to see in-place changes by: copied every time
+        return table.detach().float().cpu()
     key = (table.device, table.dtype, table.data_ptr(), table._version)
     hit = _TABLES.get(id(table))
     if hit is None or hit[0]() is not table or hit[1] != key:

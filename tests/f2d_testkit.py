@@ -319,14 +319,41 @@ def write_identity_sensitive_mapping(path: Path, photos: list[Path]) -> Path:
                             for p in photos]).mean(0)
     finally:
         detector.close()
+    return write_amplified_mapping(path, centre)
+
+
+def write_amplified_mapping(path: Path, centre: torch.Tensor) -> Path:
+    """Seeded default-init mapping that reads the identity relative to ``centre`` (1536,) and
+    amplifies it 40x, so that different people give clearly different tokens."""
+    from f2d.mapping import MappingNetwork
+    from f2d.msid import FEATURE_DIM
+
     torch.manual_seed(0)
     mapping = MappingNetwork()
     with torch.no_grad():
         for word in (mapping.i2t_first, mapping.i2t_last):
             first = word.layers[0][0]
             first.weight[:, :FEATURE_DIM] *= 40
-            first.bias.copy_(-first.weight[:, :FEATURE_DIM] @ centre)
+            first.bias.copy_(-first.weight[:, :FEATURE_DIM] @ centre.reshape(-1))
     torch.save(mapping.state_dict(), path)
+    return path
+
+
+def tame_encoder_checkpoint(path: Path, base: Path | None = None) -> Path:
+    """The tiny checkpoint with its TAESD encoder weights halved. The testkit's encoder weights are
+    made for the decoder (pictures must not be black); through its convolutions a photo's latent
+    grows to ~3e6, where sampling no longer hears the prompt. Tests that encode real photos (the
+    face-detail pass) use this copy, whose latents stay near 0.3."""
+    from safetensors.torch import load_file, save_file
+
+    if not path.is_file():
+        base = base or path.with_name(path.stem + "_base.safetensors")
+        sd = load_file(str(build_tiny_sd15_checkpoint(base)))
+        for k, v in sd.items():
+            if k.startswith("first_stage_model.taesd_encoder.") and v.ndim >= 2:
+                sd[k] = (v.float() * 0.5).to(v.dtype)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file(sd, str(path))
     return path
 
 

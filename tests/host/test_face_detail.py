@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from f2d_testkit import REPO, build_tiny_sd15_checkpoint
+from f2d_testkit import REPO, tame_encoder_checkpoint, write_amplified_mapping
 
 pytestmark = pytest.mark.host
 
@@ -32,45 +32,11 @@ def _batch(*arrays) -> torch.Tensor:
     return torch.from_numpy(np.stack(arrays)).float() / 255
 
 
-def _identity_sensitive_mapping(path, centre: torch.Tensor):
-    """A mapping network whose tokens differ between people as trained weights do (the formula
-    mapping gives nearly the same tokens for everyone, which fp16 CLIP cannot tell apart): seeded
-    default init, the identity centred on the people's mean and amplified (as in test_workflows)."""
-    from f2d.mapping import MappingNetwork
-    from f2d.msid import FEATURE_DIM
-
-    torch.manual_seed(0)
-    mapping = MappingNetwork()
-    with torch.no_grad():
-        for word in (mapping.i2t_first, mapping.i2t_last):
-            first = word.layers[0][0]
-            first.weight[:, :FEATURE_DIM] *= 40
-            first.bias.copy_(-first.weight[:, :FEATURE_DIM] @ centre)
-    torch.save(mapping.state_dict(), path)
-
-
-def tiny_checkpoint_with_a_tame_encoder(host_base):
-    """The testkit's tiny checkpoint, its TAESD encoder scaled to 1/sqrt(fan_in). Its weights are
-    made for the decoder (2/sqrt(fan_in), so pictures are not black); through the 14 encoder
-    convolutions that blows a photo's latent up to ~3e6, where float32 no longer hears the prompt
-    at all. The face pass encodes real crops, so here the encoder gives latents of ~0.3."""
-    from safetensors.torch import load_file, save_file
-
-    path = host_base / "tiny_sd15_tame_encoder.safetensors"
-    if not path.is_file():
-        sd = load_file(str(build_tiny_sd15_checkpoint(host_base / "tiny_sd15.safetensors")))
-        for k, v in sd.items():
-            if k.startswith("first_stage_model.taesd_encoder.") and v.ndim >= 2:
-                sd[k] = (v.float() * 0.5).to(v.dtype)
-        save_file(sd, str(path))
-    return path
-
-
 @pytest.fixture(scope="module")
 def host(f2d_nodes, host_base):
     import comfy.sd
 
-    ckpt = tiny_checkpoint_with_a_tame_encoder(host_base)
+    ckpt = tame_encoder_checkpoint(host_base / "tiny_sd15_tame_encoder.safetensors", host_base / "tiny_sd15.safetensors")
     model, clip, vae = comfy.sd.load_checkpoint_guess_config(str(ckpt), output_vae=True, output_clipvision=False)[:3]
     astronaut, hopper = _photo("astronaut.png"), _photo("grace_hopper.png")
     ab = np.concatenate([astronaut, hopper], 1)  # A left, B right
@@ -80,7 +46,7 @@ def host(f2d_nodes, host_base):
     identities = [f2d_nodes.F2DEncodeIdentity.execute(formula, _batch(ab), "auto", face, False).args[0]
                   for face in ("0", "1")]
     mapping = host_base / "models" / "face2diffusion" / "mapping_by_person.pt"
-    _identity_sensitive_mapping(mapping, torch.cat([i.mean for i in identities]).mean(0))
+    write_amplified_mapping(mapping, torch.cat([i.mean for i in identities]).mean(0))
     f2d = f2d_nodes.F2DLoadMSID.execute("msid.pt", mapping.name).args[0]
     people = [f2d_nodes.F2DExpressionGuidance.execute(f2d, i, 1.0).args[0] for i in identities]
     return dict(nodes=f2d_nodes, model=model, clip=clip, vae=vae, f2d=f2d, ab=ab, ba=ba, people=people)
