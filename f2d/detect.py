@@ -316,7 +316,8 @@ class MTCNNDetector:
     4. each face gets a second look: the photo is sampled so that face stands upright at a
        fixed size in the middle of a small canvas, and the cascade runs again there. That look
        places the five points (MTCNN's points are best on upright, well-framed faces) and must
-       confirm the face, which removes the rare false face a turned pass produces;
+       confirm the face, which removes the rare false face a turned pass produces (a face the
+       upright pass is sure of gets a quick look: O-Net alone on that canvas, see TRUST);
     5. a photo with no face is padded and tried again: a face that fills the frame (a tight
        112 px crop) has no margin for the 12 px proposal windows to fit around it.
 
@@ -357,8 +358,9 @@ class MTCNNDetector:
 
     def _upright(self, image: np.ndarray) -> tuple[list[tuple[float, np.ndarray]], np.ndarray, list]:
         """(score, five points) per face of the upright pass, its candidates (M, 5: square box,
-        R-Net score), and the faces it is sure of (score, points; see TRUST), in ``image`` pixels. The photo is seen at up to UPRIGHT_MAX_SIDE px, faces
-        from MIN_FACE px (a 4000 px group photo keeps faces with ~20 px eye distance)."""
+        R-Net score), and the faces it is sure of (score, points; see TRUST), in ``image``
+        pixels. The photo is seen at up to UPRIGHT_MAX_SIDE px, faces from MIN_FACE px (a
+        4000 px group photo keeps faces with ~20 px eye distance)."""
         small, scale = _scaled_for_detection(image, self.UPRIGHT_MAX_SIDE)
         boxes, scores, points, candidates = self.net.cascade(small, min_size=self.MIN_FACE)
         candidates = candidates.copy()
@@ -523,8 +525,8 @@ class MTCNNDetector:
             image, [p for _, p in sure], quick=True)) if look is not None
             and np.linalg.norm(look[1][:2].mean(0) - p[:2].mean(0)) <= 0.5 * eye_distance(p)]
         sure = [p for _, p, _ in trusted]
-        unsure = [g for g in groups
-                  if not any(np.linalg.norm(g[0][1][:2].mean(0) - d[:2].mean(0)) <= 0.5 * eye_distance(d) for d in sure)]
+        unsure = [g for g in groups if not any(
+            np.linalg.norm(g[0][1][:2].mean(0) - d[:2].mean(0)) <= 0.5 * eye_distance(d) for d in sure)]
         confirmed = trusted + self._confirm(image, unsure, index, quiet=True)
         turned = self._turned_near(image, candidates, [p for _, p, _ in confirmed])
         if turned:

@@ -299,10 +299,11 @@ class MTCNN(nn.Module):
             b = _square(torch.tensor(np.asarray(box, np.float32)[None, :4])).round()
             crops.append(_crops(self._input(image), b, 48))
             squares.append(b)
-        return list(self._onet_points(torch.cat(crops), torch.cat(squares))[1])
+        _, _, marks = self.onet(torch.cat(crops))
+        return list(_points(torch.cat(squares), marks.cpu()).double().numpy())
 
     @torch.inference_mode()
-    def look(self, images: list[np.ndarray], boxes: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    def look(self, images: list[np.ndarray], boxes: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """O-Net on one box (x0 y0 x1 y1, made square) in each image, one call for all: its
         scores (N,), regressed boxes (N, 4) and five points (N, 5, 2)."""
         if not images:
@@ -311,10 +312,6 @@ class MTCNN(nn.Module):
         crops = torch.cat([_crops(self._input(im), squares[k:k + 1], 48) for k, im in enumerate(images)])
         prob, reg, marks = (t.cpu() for t in self.onet(crops))
         return prob.double().numpy(), _regress(squares, reg).double().numpy(), _points(squares, marks).double().numpy()
-
-    def _onet_points(self, crops: torch.Tensor, squares: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        prob, _, marks = (t.cpu() for t in self.onet(crops))
-        return prob.double().numpy(), _points(squares, marks).double().numpy()
 
 
 @functools.lru_cache(maxsize=4)
@@ -338,7 +335,8 @@ def _proposals(prob, reg, scale, threshold):
 def _points(squares, marks):
     """O-Net's point outputs (N, 10: x then y, in box sides) in image pixels (N, 5, 2)."""
     side = squares[:, 2:4] - squares[:, :2]
-    return torch.stack([squares[:, 0:1] + side[:, 0:1] * marks[:, :5], squares[:, 1:2] + side[:, 1:2] * marks[:, 5:]], 2)
+    return torch.stack([squares[:, 0:1] + side[:, 0:1] * marks[:, :5],
+                        squares[:, 1:2] + side[:, 1:2] * marks[:, 5:]], 2)
 
 
 def _regress(boxes, reg):
