@@ -833,8 +833,8 @@ def choose_face(faces: list[Face], face: str | int, index: int) -> Face:
 
 def no_face_message(index: int, detector, image: np.ndarray) -> str:
     return (f"image {index}: no face found by the {detector.name} detector ({image.shape[1]}x{image.shape[0]} px). "
-            "Use a photo where the face is clearly visible and upright, or turn on skip_faceless "
-            "to leave such images out of a batch")
+            "Use a photo where the face is clearly visible and upright; in a batch, turn on skip_faceless "
+            "to leave such images out; to go on without an identity, turn on allow_no_face")
 
 
 def detect_and_align(images: Sequence[np.ndarray] | np.ndarray, detector, face: str | int = "largest",

@@ -225,7 +225,7 @@ class F2DSaveIdentity(io.ComfyNode):
             raise ValueError(f"F2D Save Identity: name: {problem}")
         if id_tokens.is_empty:
             return io.NodeOutput(id_tokens, ui={"text": ["nothing saved: no identity (no face in the reference photos)"]})
-        name = name.strip()
+        name = paths.identity_stem(name.strip())  # "anna.safetensors" saves anna.safetensors, not .safetensors twice
         folder = paths.identities_folder()
         same = next((f for f in paths.identity_name_files(name) if _holds(os.path.join(folder, f), id_tokens)), None)
         if same is not None:

@@ -118,13 +118,14 @@ def identity_name_problem(name) -> str | None:
     return None
 
 
-def _stem(name: str) -> str:
-    return name[: -len(".safetensors")] if name.endswith(".safetensors") else name
+def identity_stem(name: str) -> str:
+    """The name without a typed ".safetensors" (any case): the file gets that extension once."""
+    return name[: -len(".safetensors")] if name.lower().endswith(".safetensors") else name
 
 
 def identity_name_files(name: str) -> list[str]:
     """Files saved under ``name``: name.safetensors, name_1.safetensors, ... (existing ones)."""
-    folder, stem = identities_folder(), _stem(name)
+    folder, stem = identities_folder(), identity_stem(name)
     if not os.path.isdir(folder):
         return []
     pattern = re.compile(re.escape(stem) + r"(_\d+)?\.safetensors")

@@ -127,7 +127,8 @@ def person_part(w: Workflow, key: str = "", photo: str = PHOTO, group: int = 2, 
         photo_node = f"photo{key}"
         w.nodes[photo_node] = N("LoadImage", {"image": photo}, f"Photo of the person{who}", group, 1)
     w.nodes[f"identity{key}"] = N("F2DEncodeIdentity", {"f2d_model": ["f2d", 0], "image": [photo_node, 0],
-                                                        "detector": "auto", "face": "largest", "skip_faceless": False},
+                                                        "detector": "auto", "face": "largest", "skip_faceless": False,
+                                                        "leave_out_unlike": False, "allow_no_face": False},
                                   f"Find, align and encode the face{who}", group, 2)
     w.nodes[f"tokens{key}"] = N("F2DExpressionGuidance", {"f2d_model": ["f2d", 0], "identity": [f"identity{key}", 0],
                                                           "strength": 1.0},
@@ -352,7 +353,7 @@ def workflows() -> dict[str, Workflow]:
     for key in ("a", "b"):
         w.nodes[f"identity_{key}"] = N("F2DEncodeIdentity", {
             "f2d_model": ["f2d", 0], "image": [f"photo_{key}", 0], "detector": "auto", "face": "largest",
-            "skip_faceless": False}, f"Encode person {key.upper()}", 2, 2)
+            "skip_faceless": False, "leave_out_unlike": False, "allow_no_face": False}, f"Encode person {key.upper()}", 2, 2)
     w.nodes["mix"] = N("F2DMixIdentities", {"identity_1": ["identity_a", 0], "weight_1": 0.7,
                                             "identity_2": ["identity_b", 0], "weight_2": 0.3},
                        "Mix: 70 % A + 30 % B", 2, 3)
@@ -448,7 +449,7 @@ def _height(cls: str, specs, info: dict) -> int:
 # What web/js/face2diffusion.js adds below these nodes: its note panel (two or three 16 px lines
 # with margins; a result node's lines after a run) and, on the prompt nodes, the "insert identifier"
 # button. F2D Encode Identity also shows the aligned crops after a run: room for them and for the
-# note's lines as Nodes 2.0 lays them out (it grew 24-44 px past 70 + 150; 66 px with two note lines), so it does not grow over
+# note's lines as Nodes 2.0 lays them out (it grew 24-44 px past 70 + 150; 66 px with two note lines; the intake report adds a line per photo and the detector line names where it runs: 64 px more), so it does not grow over
 # the node below.
 PACK_UI_HEIGHT = {"F2DLoadMSID": 70, "F2DEncodeIdentity": 70 + 150 + 80, "F2DTextEncode": 60, "F2DSampler": 60,
                   "F2DSaveIdentity": 60, "F2DBestOfN": 230, "F2DIdentitySimilarity": 170,
@@ -645,13 +646,27 @@ def thumbnail(w: Workflow) -> bytes:
     return buf.getvalue()
 
 
+# More room below F2D Encode Identity for its intake report (a line per photo; the detector line
+# says where it runs) where the workflow still opens at a readable zoom with it; the most first.
+ENCODE_REPORT_ROOM = (48, 32, 16, 0)
+
+
 def render(object_info: dict) -> dict[Path, str]:
     """The JSON files (API and UI format), compared byte for byte by --check and the tests."""
     files = {}
+    base = PACK_UI_HEIGHT["F2DEncodeIdentity"]
     for name, w in workflows().items():
         api = to_api(w)
         files[OUT / "api" / f"{name}.json"] = json.dumps(api, indent=1) + "\n"
-        files[OUT / f"{name}.json"] = json.dumps(to_ui(w, api, object_info), indent=1) + "\n"
+        try:
+            for room in ENCODE_REPORT_ROOM:
+                PACK_UI_HEIGHT["F2DEncodeIdentity"] = base + room
+                ui = to_ui(w, api, object_info)
+                if ui["extra"]["ds"]["scale"] >= MIN_READABLE_SCALE:
+                    break
+        finally:
+            PACK_UI_HEIGHT["F2DEncodeIdentity"] = base
+        files[OUT / f"{name}.json"] = json.dumps(ui, indent=1) + "\n"
     return files
 
 

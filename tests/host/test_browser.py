@@ -330,7 +330,7 @@ def test_run_shows_image_and_chosen_face(page):
         page.show_node(encode)
         a, b = page.node_box(encode), page.node_box(tokens)
         assert a["y"] + a["height"] <= b["y"], f"Encode Identity ({a}) reaches into the node below ({b})"
-        deadline = time.monotonic() + 120  # sampling and decoding follow the note; slow on a busy machine
+    deadline = time.monotonic() + 120  # sampling and decoding follow the note; slow on a busy machine
     while not set((page.server.base / "output").glob("f2d_basic_*.png")) - before and time.monotonic() < deadline:
         time.sleep(0.25)
     assert set((page.server.base / "output").glob("f2d_basic_*.png")) - before, "no image saved"
