@@ -21,9 +21,10 @@ test: setup
 	bash scripts/setup-browser.sh
 	.venv/bin/pytest
 
-# Library tests only (no host start-up, no browser, no throwaway installs).
+# Library tests only (no host start-up, no browser, no throwaway installs, no diffusers
+# training/generation runs): what to run between edits; `make test` runs all of it.
 test-fast: setup
-	.venv/bin/pytest -m "not host and not install"
+	.venv/bin/pytest -m "not host and not install and not diffusers"
 
 bench: setup
 	$(PY) bench/encode.py

@@ -39,7 +39,7 @@ TURNED = 30.0  # degrees of yaw or pitch beyond which the report warns
 # "Unlike the others": the photo's distance to the others' mean (1 - cosine) is UNLIKE_RATIO
 # times the median of the other photos' own such distances, or more. A ratio, not a cosine
 # threshold: the scale of distances depends on the weights, and the official weights cannot be
-# measured here (they are not reachable). The formula test weights give nearly one vector for any
+# measured here (they are not reachable). The tests' reference weights give nearly one vector for any
 # input, so the rule was measured with a seeded, photo-sensitive test encoder (tests/f2d_testkit.py
 # write_input_sensitive_msid): one photo's crops, resizes and mirror image sit within ~1.2x of
 # each other, another person's photo ~15x (seeds 0-2). 8x is between the two; it is a cue to check

@@ -183,7 +183,9 @@ def test_prepare_data_makes_a_manifest_from_photos(tmp_path, fixtures):
     assert len(ds) == 1
     s = ds[0]
     assert s.face.shape == (112, 112, 3) and not s.has_expression
-    assert 0.05 < s.mask.mean() < 0.5  # the face, not the whole picture
+    # The face, not the whole picture nor nothing: the astronaut's face box is 3.5-5 % of the photo,
+    # depending on how tight the detector draws it.
+    assert 0.02 < s.mask.mean() < 0.5
 
 
 def test_prepare_data_passes_insightface_roots_to_the_detector(tmp_path, fixtures):
