@@ -157,7 +157,7 @@ def decode_save(w: Workflow, prefix: str, group: int, col: int) -> None:
 
 
 def face_detail(w: Workflow, tokens: list, prompt: str, group: int, col: int, save_col: int,
-                people: list | None = None, prefix: str = "f2d_face_detail") -> None:
+                people: list | None = None, prefix: str = "f2d_face_detail", crops: bool = True) -> None:
     """Generated image -> F2D Face Detail (each face re-done with its person) -> saved."""
     inputs = {"image": ["decode", 0], "model": ["checkpoint", 0], "clip": ["checkpoint", 1], "vae": ["checkpoint", 2],
               "f2d_model": ["f2d", 0], "id_tokens": tokens, "text": prompt, "negative": "blurry, deformed face",
@@ -169,7 +169,8 @@ def face_detail(w: Workflow, tokens: list, prompt: str, group: int, col: int, sa
     w.nodes["detail"] = N("F2DFaceDetail", inputs, "Face detail: each face re-done with its person", group, col)
     w.nodes["save"] = N("SaveImage", {"images": ["detail", 0], "filename_prefix": prefix}, "Save the image", group,
                         save_col)
-    w.nodes["crops"] = N("PreviewImage", {"images": ["detail", 2]}, "The re-done face crops", group, save_col)
+    if crops:
+        w.nodes["crops"] = N("PreviewImage", {"images": ["detail", 2]}, "The re-done face crops", group, save_col)
 
 
 DETAIL_TIP = ("The face pass's likeness gain has not been measured by the pack (no official weights on its test "
@@ -334,7 +335,7 @@ def workflows() -> dict[str, Workflow]:
     del w.nodes["save"]
     # Per-person detail: each face is re-done with the person whose identity is closest to it.
     face_detail(w, ["tokens_a", 0], "a close-up photo of f l smiling", 4, 6, 5, people=[["tokens_b", 0]],
-                prefix="f2d_two_people")
+                prefix="f2d_two_people", crops=False)  # the widest workflow: no room for the crops' preview
     w.groups[3] = "4 Generate, then re-do each face with its person"
     w.shows += (" F2D Face Detail then re-does each face at 512 px with its own person: it tells A from B by "
                 "their MSID identities, and its note says which face got whom.")
