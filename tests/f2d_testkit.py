@@ -205,6 +205,17 @@ class ComfyServer:
         except urllib.error.HTTPError as e:
             return e.code, json.loads(e.read() or b"null")
 
+    def free_node_cache(self) -> None:
+        """Empty the server's node cache before the next prompt. ComfyUI 0.3.75 acts on /free only
+        after its next prompt, so one tiny prompt runs first (servers are shared between tests)."""
+        assert self.post("/free", {"free_memory": True})[0] == 200
+        status, body = self.post("/prompt", {"prompt": {
+            "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
+            "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}}}})
+        assert status == 200, body
+        self.wait_history(body["prompt_id"])
+        time.sleep(0.5)  # the flag is handled right after that prompt
+
     def wait_history(self, prompt_id: str, timeout: float = 300) -> dict:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

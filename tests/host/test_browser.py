@@ -307,7 +307,7 @@ def test_run_shows_image_and_chosen_face(page):
     put_weights(page.server)
     # Another view may have run the same graph on this server: drop ComfyUI's cache, else the
     # cached nodes do not run and send nothing.
-    assert page.server.post("/free", {"free_memory": True})[0] == 200
+    page.server.free_node_cache()
     page.load(WF01)
     encode = page.node_id("F2DEncodeIdentity")
     page.wait_note(encode, "after a run")
@@ -385,23 +385,11 @@ def _run(page):
     page.page.get_by_role("button", name="Run").first.click()
 
 
-def _free_node_cache(server):
-    """/free only sets a flag that ComfyUI 0.3.75 acts on after its next prompt: one tiny prompt
-    runs first, so the page's next run starts with an empty node cache (the server is shared)."""
-    assert server.post("/free", {"free_memory": True})[0] == 200
-    status, body = server.post("/prompt", {"prompt": {
-        "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
-        "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}}}})
-    assert status == 200, body
-    server.wait_history(body["prompt_id"])
-    time.sleep(0.5)  # the flag is handled right after that prompt
-
-
 def test_results_the_server_sends_show_on_the_nodes(page):
     """Save Identity says where it saved; Best of N shows its scores with its STRING output
     unconnected; Encode Identity served from ComfyUI's cache still shows the faces it used."""
     put_weights(page.server)
-    _free_node_cache(page.server)
+    page.server.free_node_cache()
     page.load(REPO / "workflows" / "06_save_identity.json")
     _small_and_quick(page)
     save, encode = page.node_id("F2DSaveIdentity"), page.node_id("F2DEncodeIdentity")

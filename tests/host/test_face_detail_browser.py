@@ -49,7 +49,7 @@ def test_face_detail_note_shows_in_the_node_after_a_run(server, view, tmp_path):
     if server.front_end == "bundled" and view == "nodes2":
         pytest.skip("Nodes 2.0 exists only in the newer front end")
     assert server.post("/settings/Comfy.VueNodes.Enabled", view == "nodes2")[0] == 200
-    assert server.post("/free", {"free_memory": True})[0] == 200  # run every node again
+    server.free_node_cache()  # run every node again
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True,
                                     args=["--no-sandbox", "--disable-gpu", "--no-first-run"])
