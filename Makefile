@@ -31,6 +31,7 @@ bench: setup
 	$(PY) bench/detect.py
 	$(PY) bench/sampling.py
 	$(PY) bench/reliability.py
+	$(PY) bench/detail.py
 
 clean:
 	rm -rf .venv .comfy .comfy-test .comfy-tree
