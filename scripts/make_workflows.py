@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import math
 import re
 import sys
 import tempfile
@@ -72,6 +73,9 @@ PACK = "https://github.com/face2diffusion/ComfyUI-Face2Diffusion"
 
 # Layout: the note at the top of column 0, the model loaders under it, one column per step after.
 COL0_WIDTH, NODE_WIDTH, PITCH, TOP = 400, 280, 310, 90
+# Nodes the front end draws wider than NODE_WIDTH (1.58.1 sizes F2D Face Detail to its widgets, 343 px);
+# each stands in the last column of its workflow, so the saved view makes room for it.
+WIDE_NODES = {"F2DFaceDetail": 350}
 # The canvas of a 1600x1000 window, less the left toolbar (~60 px) and the banner and tab bar on top
 # (~80 px), the workflow menu and Run bar floating below them: the saved view puts the graph at
 # ORIGIN on screen and fits it into VIEWPORT.
@@ -566,7 +570,7 @@ def to_ui(w: Workflow, api: dict, object_info: dict) -> dict:
         height = heights[name]
         entry = {
             "id": int(nid), "type": n.cls, "pos": pos[name],
-            "size": [COL0_WIDTH if col[name] == 0 else NODE_WIDTH, height], "flags": {}, "order": 0, "mode": 0,
+            "size": [COL0_WIDTH if col[name] == 0 else WIDE_NODES.get(n.cls, NODE_WIDTH), height], "flags": {}, "order": 0, "mode": 0,
             "inputs": [], "outputs": [], "properties": node_properties(n.cls), "widgets_values": [], "title": n.title,
         }
         for iname, spec in specs:
@@ -614,7 +618,7 @@ def to_ui(w: Workflow, api: dict, object_info: dict) -> dict:
     everything.append([40, TOP, 40 + COL0_WIDTH, TOP + note_h])
     bx0, by0 = min(b[0] for b in everything), min(b[1] for b in everything)
     bx1, by1 = max(b[2] for b in everything), max(b[3] for b in everything)
-    scale = round(min(1.0, VIEWPORT[0] / (bx1 - bx0), VIEWPORT[1] / (by1 - by0)), 3)
+    scale = math.floor(1000 * min(1.0, VIEWPORT[0] / (bx1 - bx0), VIEWPORT[1] / (by1 - by0))) / 1000  # never rounded past the edge
     # Screen = (canvas + offset) * scale.
     offset = [round(ORIGIN[0] / scale - bx0, 1), round(ORIGIN[1] / scale - by0, 1)]
     return {"last_node_id": note_id, "last_link_id": len(links), "nodes": list(nodes.values()) + [note_node],
