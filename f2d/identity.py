@@ -28,7 +28,7 @@ from torch import nn
 
 from .mapping import MappingNetwork
 from .msid import FEATURE_DIM, MSIDEncoder, msid_input
-from .precision import compute_dtype, precision_for
+from .precision import choose_mode, compute_dtype, precision_for, tf32_matmuls
 from .weights import load_mapping, load_msid
 
 if TYPE_CHECKING:
@@ -71,6 +71,7 @@ class IdentityEncoder(nn.Module):
         super().__init__()
         self.msid = msid
         self.mapping = mapping
+        self.tf32 = False  # the MSID's float32 products on TF32 tensor cores (CUDA; precision "tf32")
 
     @classmethod
     def from_files(cls, msid_path: str | os.PathLike, mapping_path: str | os.PathLike | None) -> "IdentityEncoder":
@@ -81,21 +82,28 @@ class IdentityEncoder(nn.Module):
     def for_device(cls, msid_path: str | os.PathLike, mapping_path: str | os.PathLike | None,
                    device: torch.device | str = "cpu", precision: str = "auto", move: bool = True) -> "IdentityEncoder":
         """Load and apply the precision policy for ``device`` (:mod:`f2d.precision`) -- the one
-        place every front door (CLI, F2D Load MSID, training, benchmarks) applies it. ``move``:
-        move the weights there too (hosts with their own model management, such as ComfyUI, pass
-        False and move it themselves; ``.to(device)`` keeps the per-module dtypes)."""
-        encoder = cls.from_files(msid_path, mapping_path).set_precision(precision_for(device, precision))
+        place every front door (CLI, F2D Load MSID, training, benchmarks) applies it: "auto" is
+        float32 on the CPU and the mode measured fastest within 1e-4 of it on a GPU (measured once
+        per device and process, on copies: this encoder is not moved for it). ``move``: move the
+        weights there too (hosts with their own model management, such as ComfyUI, pass False and
+        move it themselves; ``.to(device)`` keeps the per-module dtypes)."""
+        encoder = cls.from_files(msid_path, mapping_path)
+        chosen = choose_mode(encoder, device) if precision == "auto" else precision_for(device, precision)
+        encoder.set_precision(chosen)
         return encoder.to(device) if move else encoder
 
     def set_precision(self, precision: str) -> "IdentityEncoder":
-        """Run the MSID's attention and MLPs in ``precision`` ("fp32", "bf16", "fp16"); the
+        """Run the MSID's attention and MLPs in ``precision`` ("fp32", "tf32", "bf16", "fp16"); the
         norms, the residual stream and the mapping network stay float32 (see f2d.precision).
         Hosts that move models between devices keep these dtypes (``.to(device)`` does)."""
         self.msid.set_compute_dtype(compute_dtype(precision))
+        self.tf32 = precision == "tf32"
         return self
 
     @property
     def precision(self) -> str:
+        if self.tf32:
+            return "tf32"
         dtype = self.msid.compute_dtype
         return next(name for name in ("fp32", "bf16", "fp16") if compute_dtype(name) == dtype)
 
@@ -118,7 +126,8 @@ class IdentityEncoder(nn.Module):
         """
         if isinstance(faces, np.ndarray):
             faces = msid_input(faces)
-        return self.msid(faces.to(device=self.weight_device, dtype=self.weight_dtype)).float()
+        with tf32_matmuls(self.tf32 and self.weight_device.type == "cuda"):
+            return self.msid(faces.to(device=self.weight_device, dtype=self.weight_dtype)).float()
 
     @torch.no_grad()
     def tokens(

@@ -25,7 +25,6 @@ def test_choice_is_the_fastest_mode_within_tolerance_of_fp32(encoder, reference)
     chosen = by_mode[choice.mode]
     assert chosen.ok
     assert all(r.ms_per_face[1] >= chosen.ms_per_face[1] for r in choice.results if r.ok)
-    assert measured_mode("cpu") is choice
     assert "<- chosen" in choice.table() and choice.mode in choice.table()
     # The chosen mode's tokens stay within 1e-4 of the official ones.
     first, last = ModeRunner(encoder, choice.mode, "cpu")(reference["batch.input"])
@@ -49,3 +48,28 @@ def test_runner_leaves_the_encoder_alone_and_cuda_only_modes_are_refused(encoder
     with pytest.raises(ValueError, match="unknown mode"):
         ModeRunner(encoder, "int8", "cpu")
     assert "tf32" not in modes_for("cpu") and "fp16+graph" in modes_for("cuda")
+
+
+def test_auto_measures_on_accelerators_only_and_never_fails_a_load(encoder, reference, monkeypatch, caplog):
+    from f2d import precision
+
+    monkeypatch.setattr(precision, "_MEASURED", {})
+    # The CPU's answer is the rule (float32), without timing anything.
+    assert precision.choose_mode(encoder, "cpu") == "fp32"
+    assert measured_mode("cpu") is None
+    # Measured where asked: modes outside 1e-4 of float32 are not even timed (loading waits less).
+    assert precision.choose_mode(encoder, "cpu", measure=True) == "fp32"
+    choice = measured_mode("cpu")
+    by_mode = {r.mode: r for r in choice.results}
+    assert choice.mode == "fp32" and by_mode["fp32"].ok
+    if "bf16" in by_mode:  # CPUs with bf16 hardware: out of tolerance, so nothing needed timing
+        assert not by_mode["bf16"].ok and by_mode["bf16"].ms_per_face == by_mode["fp32"].ms_per_face == {}
+        assert [l.split()[-1] for l in choice.table().splitlines()[1:]] == ["chosen", "no"]
+    assert precision.precision_for("cpu") == "fp32"
+    # A device where measuring breaks (no real kernels on "meta") falls back to the rule, with a warning.
+    with caplog.at_level("WARNING"):
+        assert precision.choose_mode(encoder, "meta") == "fp16"
+    assert "could not measure the identity encoder's precision modes on meta" in caplog.text
+    # No mapping (training's frozen MSID): nothing to compare, the rule.
+    bare = IdentityEncoder(encoder.msid, None)
+    assert precision.choose_mode(bare, "meta") == "fp16"
