@@ -96,15 +96,11 @@ def encode_identity_prompt(clip, text: str, id_tokens: IdentityTokens, identifie
     return clip.encode_from_tokens_scheduled(identity_tokens_for(clip, text, id_tokens, identifier))
 
 
-def _finite(cond: list, text: str) -> list:
-    """The conditioning, unless it holds NaN/inf (which sample to a black image), e.g. from a prompt
-    weight such as '(f l:1e309)' or broken identity tokens."""
-    if all(torch.isfinite(c[0]).all() for c in cond):
-        return cond
+def _nan_message(text: str) -> str:
     shown = text if len(text) <= 200 else text[:200] + "..."
-    raise ValueError(f"the prompt's conditioning holds NaN or infinite values, which would give a black image: "
-                     f"\"{shown}\". Use prompt weights such as (f l:1.2), between 0 and about 2, and check that "
-                     "the identity tokens come from F2D Expression Guidance or a saved identity.")
+    return (f"the prompt's conditioning holds NaN or infinite values, which would give a black image: "
+            f"\"{shown}\". Use prompt weights such as (f l:1.2), between 0 and about 2, and check that "
+            "the identity tokens come from F2D Expression Guidance or a saved identity.")
 
 
 # Prompt weights beyond this are no longer emphasis: ComfyUI scales each token's distance from the
@@ -112,10 +108,13 @@ def _finite(cond: list, text: str) -> list:
 # value stays within (2 * MAX_PROMPT_WEIGHT + 1) times what the text encoder itself can output.
 MAX_PROMPT_WEIGHT = 10.0
 
+_BOUNDS: dict[int, tuple] = {}
+
 
 def _encoder_output_bound(clip) -> float | None:
     """The largest |value| the text encoder can output: its final LayerNorm's output is at most
-    max|gamma| * sqrt(width) + max|beta| (a normalised vector has no entry beyond sqrt(width))."""
+    max|gamma| * sqrt(width) + max|beta| (a normalised vector has no entry beyond sqrt(width)).
+    Read once per norm weight (like the position table): on a GPU each read waits for queued work."""
     try:
         encoder = _stream_encoder(clip, "l")
     except IdentifierError:
@@ -124,21 +123,43 @@ def _encoder_output_bound(clip) -> float | None:
              and isinstance(getattr(m, "weight", None), torch.Tensor)]
     if not norms or norms[0].weight.is_meta:
         return None
-    gamma, beta = norms[0].weight.detach().float(), getattr(norms[0], "bias", None)
-    bound = gamma.abs().max().item() * math.sqrt(gamma.numel())
-    return bound + (beta.detach().float().abs().max().item() if isinstance(beta, torch.Tensor) else 0.0)
+    gamma, beta = norms[0].weight, getattr(norms[0], "bias", None)
+    beta = beta if isinstance(beta, torch.Tensor) else None
+    # Inference tensors have no version counter; a change in place there (not how ComfyUI patches
+    # weights: it swaps them) would leave this safety bound stale, not the conditioning.
+    key = tuple((t.data_ptr(), t.device, t.dtype, None if t.is_inference() else t._version)
+                for t in (gamma, beta) if t is not None)
+    hit = _BOUNDS.get(id(norms[0]))
+    if hit is None or hit[0]() is not norms[0] or hit[1] != key:
+        g = gamma.detach().float()
+        bound = g.abs().max().item() * math.sqrt(g.numel())
+        bound += beta.detach().float().abs().max().item() if beta is not None else 0.0
+        if len(_BOUNDS) > 16:
+            _BOUNDS.clear()
+        hit = (weakref.ref(norms[0]), key, bound)
+        _BOUNDS[id(norms[0])] = hit
+    return hit[2]
+
+
+def _largest_value(cond: list) -> float:
+    """max |value| over the conditioning, NaN if any is NaN: one read back from the device."""
+    peaks = [c[0].detach().abs().amax().float() for c in cond]
+    if len({p.device for p in peaks}) > 1:
+        peaks = [p.cpu() for p in peaks]
+    return torch.stack(peaks).amax().item()
 
 
 def _checked_conditioning(clip, cond: list, text: str) -> list:
     """The conditioning, unless it holds NaN/inf or values far beyond what the text encoder can
     produce even with strong prompt weights: both sample to a black image (e.g. '(f l:1e30)',
     finite but 1e30 times the encoding), which must not be reported as a success."""
-    cond = _finite(cond, text)
+    largest = _largest_value(cond)
+    if not math.isfinite(largest):
+        raise ValueError(_nan_message(text))
     bound = _encoder_output_bound(clip)
     if bound is None:
         return cond
     limit = (2 * MAX_PROMPT_WEIGHT + 1) * bound
-    largest = max(c[0].detach().abs().max().item() for c in cond)
     if largest <= limit:
         return cond
     weights = [t[1] for chunks in clip.tokenize(text).values() for chunk in chunks for t in chunk

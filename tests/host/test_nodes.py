@@ -151,6 +151,26 @@ def test_missing_identifier_fails_loudly(f2d_nodes, clip32, reference_tokens):
         encode(f2d_nodes, clip32, reference_tokens, "a flower", identifier="flower")
 
 
+def test_prompt_weight_bound_is_read_once_per_text_encoder_weight(f2d_nodes, clip_state_dict, reference_tokens):
+    # Read from the weights once (on a GPU every read waits for queued work), again when they change.
+    import importlib
+
+    cond = importlib.import_module(f2d_nodes.__name__ + ".conditioning")
+    clip = load_clip(clip_state_dict, torch.float32)  # its own copy: this test changes a weight
+    norm = next(m for n, m in cond._stream_encoder(clip, "l").named_modules() if n.endswith("final_layer_norm"))
+    encode(f2d_nodes, clip, reference_tokens, "f l at the beach")
+    hit = cond._BOUNDS[id(norm)]
+    encode(f2d_nodes, clip, reference_tokens, "(f l:1.3) in the rain")
+    assert cond._BOUNDS[id(norm)] is hit
+    with torch.no_grad():
+        norm.weight.mul_(2)
+    encode(f2d_nodes, clip, reference_tokens, "f l at the beach")
+    assert cond._BOUNDS[id(norm)] is not hit
+    assert cond._BOUNDS[id(norm)][2] == pytest.approx(2 * hit[2] - norm.bias.abs().max().item(), rel=1e-6)
+    with pytest.raises(ValueError, match="holds NaN or infinite values"):
+        cond._checked_conditioning(clip, [[torch.tensor([[1.0, float("nan")]]), {}]], "f l")
+
+
 def test_identity_window_uses_the_class_prompt_outside_it(f2d_nodes, clip32, reference_tokens):
     cond = encode(f2d_nodes, clip32, reference_tokens, "a photo of f l smiling", 0.2, 0.9)
     windows = sorted((c[1]["start_percent"], c[1]["end_percent"]) for c in cond)
