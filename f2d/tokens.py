@@ -168,13 +168,13 @@ def missing_identifier_message(prompt: str, identifier: str) -> str:
 def stream_vectors(first: torch.Tensor, last: torch.Tensor, position_embedding: torch.Tensor,
                    positions: Sequence[IdentifierPosition]) -> list[tuple[tuple[int, int], torch.Tensor]]:
     """(where, vector) for each identifier token: the identity token minus the position
-    embedding that the host will add at that place (computed in float32)."""
-    pe = position_embedding.detach().float().cpu()
-    out = []
-    for pos in positions:
-        for where, token in ((pos.first, first), (pos.last, last)):
-            out.append((where, token.detach().float().cpu().reshape(-1) - pe[where[1]]))
-    return out
+    embedding that the host will add at that place, in float32 on the table's device -- only the
+    rows needed are read, and nothing is read back from a GPU (which would wait for queued work)."""
+    pe = position_embedding.detach()
+    places = [(where, token) for pos in positions for where, token in ((pos.first, first), (pos.last, last))]
+    rows = pe.index_select(0, torch.tensor([where[1] for where, _ in places], device=pe.device)).float()
+    return [(where, token.detach().to(pe.device, torch.float32).reshape(-1) - rows[k])
+            for k, (where, token) in enumerate(places)]
 
 
 def inject(chunks: Sequence[Sequence[Any]], vectors: Sequence[tuple[tuple[int, int], torch.Tensor]]) -> list[list[Any]]:

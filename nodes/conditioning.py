@@ -41,26 +41,6 @@ def _stream_encoder(clip, key: str):
     return encoder
 
 
-_TABLES: dict[int, tuple] = {}
-
-
-def _cpu_position_table(encoder) -> torch.Tensor:
-    """The stream's position table as float32 on the CPU, copied once per table (not per prompt):
-    on a GPU each copy is a device round trip that waits for queued work. Copied again when the
-    table is replaced or changed in place (its version counter)."""
-    table = position_table(encoder)
-    if table.is_inference():  # no version counter to see in-place changes by: copied every time
-        return table.detach().float().cpu()
-    key = (table.device, table.dtype, table.data_ptr(), table._version)
-    hit = _TABLES.get(id(table))
-    if hit is None or hit[0]() is not table or hit[1] != key:
-        if len(_TABLES) > 16:
-            _TABLES.clear()
-        hit = (weakref.ref(table), key, table.detach().float().cpu())
-        _TABLES[id(table)] = hit
-    return hit[2]
-
-
 def identity_tokens_for(clip, text: str, id_tokens: IdentityTokens, identifier: str) -> dict:
     """ComfyUI's tokens for ``text`` with the identifier words replaced by the identity tokens:
     the ComfyUI adapter of f2d.tokens' rule, applied to each of the host's token streams."""
@@ -73,7 +53,7 @@ def identity_tokens_for(clip, text: str, id_tokens: IdentityTokens, identifier: 
     out = {}
     for key, chunks in tokens.items():  # every stream the host tokenized, as its PhotoMaker node does
         words = ident[key][0]
-        table = _cpu_position_table(_stream_encoder(clip, key))
+        table = position_table(_stream_encoder(clip, key))
         if table.shape[-1] != STREAM_WIDTHS[key]:
             raise IdentifierError(unsupported_streams_message(tokens))
         vectors = identity_replacements(
