@@ -29,7 +29,7 @@ from ..f2d.tokens import (
     words_of,
 )
 from ..f2d.identity import IdentityTokens
-from .types import CATEGORY, F2DIdTokensIO, unknown_choice
+from .types import CATEGORY, F2DIdTokensIO, check_run_values, unknown_choice
 
 
 def _stream_encoder(clip, key: str):
@@ -252,6 +252,28 @@ def _identity_inputs() -> list:
     ]
 
 
+def ksampler_inputs(*, steps: int, denoise: float, tips: dict[str, str]) -> list[io.Input]:
+    """KSampler's widgets (seed, steps, cfg, sampler_name, scheduler, denoise) in its order, with
+    the official defaults where a node has no reason to differ; ``tips``: each node's own words."""
+    return [
+        io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True, tooltip=tips["seed"]),
+        io.Int.Input("steps", default=steps, min=1, max=10000, tooltip=tips["steps"]),
+        io.Float.Input("cfg", default=7.0, min=0.0, max=100.0, step=0.1, round=0.01, tooltip=tips["cfg"]),
+        io.Combo.Input("sampler_name", options=comfy.samplers.KSampler.SAMPLERS, default="euler_ancestral",
+                       tooltip=tips["sampler_name"]),
+        io.Combo.Input("scheduler", options=comfy.samplers.KSampler.SCHEDULERS, default="normal",
+                       tooltip="Noise schedule, as in KSampler."),
+        io.Float.Input("denoise", default=denoise, min=0.0, max=1.0, step=0.01, tooltip=tips["denoise"]),
+    ]
+
+
+def check_sampler_values(scheduler, cfg, denoise, *more_choices, more_numbers=()) -> None:
+    """What the host does not check before the run: the scheduler combo and finite cfg/denoise
+    (the sampler_name combo is checked at validation, see F2DSampler.validate_inputs)."""
+    check_run_values([("scheduler", scheduler, comfy.samplers.KSampler.SCHEDULERS), *more_choices],
+                     [("cfg", cfg, "7 is the official default"), ("denoise", denoise), *more_numbers])
+
+
 def _prompt_input(default: str) -> io.String.Input:
     return io.String.Input("text", multiline=True, dynamic_prompts=True, default=default,
                            tooltip=f"The prompt. Write the identifier (default '{DEFAULT_IDENTIFIER}') where the person goes, "
@@ -315,17 +337,11 @@ class F2DSampler(io.ComfyNode):
                 _prompt_input(f"a photo of {DEFAULT_IDENTIFIER}"),
                 io.String.Input("negative", multiline=True, default="", tooltip="Negative prompt (no identity)."),
                 io.Latent.Input("latent_image", tooltip="Empty Latent Image (512x512 for SD1.x) or an image to vary."),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
-                             tooltip="Noise seed; the same seed and settings give the same image."),
-                io.Int.Input("steps", default=30, min=1, max=10000, tooltip="Official default: 30."),
-                io.Float.Input("cfg", default=7.0, min=0.0, max=100.0, step=0.1, round=0.01,
-                               tooltip="Official default: 7."),
-                io.Combo.Input("sampler_name", options=comfy.samplers.KSampler.SAMPLERS, default="euler_ancestral",
-                               tooltip="Official default: Euler ancestral."),
-                io.Combo.Input("scheduler", options=comfy.samplers.KSampler.SCHEDULERS, default="normal",
-                               tooltip="Noise schedule, as in KSampler."),
-                io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01,
-                               tooltip="1 for text-to-image; lower keeps more of the input latent."),
+                *ksampler_inputs(steps=30, denoise=1.0, tips={
+                    "seed": "Noise seed; the same seed and settings give the same image.",
+                    "steps": "Official default: 30.", "cfg": "Official default: 7.",
+                    "sampler_name": "Official default: Euler ancestral.",
+                    "denoise": "1 for text-to-image; lower keeps more of the input latent."}),
             ] + _identity_inputs(),
             outputs=[io.Latent.Output()],
         )
@@ -340,13 +356,7 @@ class F2DSampler(io.ComfyNode):
     @classmethod
     def execute(cls, model, clip, id_tokens, text, negative, latent_image, seed, steps, cfg, sampler_name,
                 scheduler, denoise, identifier, identity_start, identity_end) -> io.NodeOutput:
-        problem = unknown_choice("scheduler", scheduler, comfy.samplers.KSampler.SCHEDULERS)
-        if problem:
-            raise ValueError(problem)
-        for name, value in (("cfg", cfg), ("denoise", denoise)):
-            if not math.isfinite(value):  # API prompts can send "nan", which passes the host's min/max
-                raise ValueError(f"{name} is {value}, not a number: set {name} to a finite value "
-                                 f"({'7 is the official default' if name == 'cfg' else '1 for text-to-image'})")
+        check_sampler_values(scheduler, cfg, denoise)
         # Encoded once per prompt, identity and CLIP (see ConditioningCache): a new seed reuses them.
         cache = SAMPLER_CONDITIONING
         positive = cache.get(clip, ("identity", text, identifier, float(identity_start), float(identity_end),

@@ -5,7 +5,6 @@ node supplies ComfyUI's pieces: the detector, the VAE and the host's own sampler
 progress, previews, interrupt)."""
 from __future__ import annotations
 
-import math
 from contextlib import contextmanager
 
 import comfy.model_management as mm
@@ -20,10 +19,16 @@ from ..f2d.detail import EXTRA_FACES, FACE_MODES, MAX_PEOPLE, DetailSettings, fi
 from ..f2d.detect import BACKENDS
 from ..f2d.identity import IdentityTokens
 from ..f2d.tokens import DEFAULT_IDENTIFIER, class_prompt
-from .conditioning import _checked_conditioning, _validate_identifier, identity_schedule
+from .conditioning import (
+    _checked_conditioning,
+    _validate_identifier,
+    check_sampler_values,
+    identity_schedule,
+    ksampler_inputs,
+)
 from .detectors import face_detector
 from .identity import comfy_images
-from .types import CATEGORY, F2DIdTokensIO, F2DModelIO, unknown_choice
+from .types import CATEGORY, F2DIdTokensIO, F2DModelIO
 
 DEFAULT_PROMPT = f"a close-up photo of {DEFAULT_IDENTIFIER}, detailed face"
 
@@ -76,19 +81,13 @@ class F2DFaceDetail(io.ComfyNode):
                                         "face (expression, light) as in the main prompt."),
                 io.String.Input("negative", multiline=True, default="blurry, deformed face",
                                 tooltip="Negative prompt for the face crops (no identity)."),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
-                             tooltip="Noise seed; face n of the batch uses seed + n."),
-                io.Int.Input("steps", default=20, min=1, max=10000,
-                             tooltip="Sampling steps of the full schedule; denoise runs the last part of it."),
-                io.Float.Input("cfg", default=7.0, min=0.0, max=100.0, step=0.1, round=0.01,
-                               tooltip="Classifier-free guidance, as in the main sampler."),
-                io.Combo.Input("sampler_name", options=comfy.samplers.KSampler.SAMPLERS, default="euler_ancestral",
-                               tooltip="Sampler for the face crops, as in KSampler."),
-                io.Combo.Input("scheduler", options=comfy.samplers.KSampler.SCHEDULERS, default="normal",
-                               tooltip="Noise schedule, as in KSampler."),
-                io.Float.Input("denoise", default=0.45, min=0.0, max=1.0, step=0.01,
-                               tooltip="How much of each face is redrawn: 0.3-0.5 keeps pose and expression and "
-                                       "sharpens the likeness; higher redraws more."),
+                *ksampler_inputs(steps=20, denoise=0.45, tips={
+                    "seed": "Noise seed; face n of the batch uses seed + n.",
+                    "steps": "Sampling steps of the full schedule; denoise runs the last part of it.",
+                    "cfg": "Classifier-free guidance, as in the main sampler.",
+                    "sampler_name": "Sampler for the face crops, as in KSampler.",
+                    "denoise": "How much of each face is redrawn: 0.3-0.5 keeps pose and expression and sharpens "
+                               "the likeness; higher redraws more."}),
                 io.Int.Input("guide_size", default=512, min=64, max=2048, step=8,
                              tooltip="The face crop is worked on at this size (512 for SD1.x); larger faces are "
                                      "worked on at their own size, up to 1024."),
@@ -127,16 +126,9 @@ class F2DFaceDetail(io.ComfyNode):
     def execute(cls, image, model, clip, vae, f2d_model, id_tokens, text, negative, seed, steps, cfg, sampler_name,
                 scheduler, denoise, guide_size, context, feather, max_faces, min_face_size, faces, extra_faces,
                 detector, identifier, **more) -> io.NodeOutput:
-        for name, value, options in (("sampler_name", sampler_name, comfy.samplers.KSampler.SAMPLERS),
-                                     ("scheduler", scheduler, comfy.samplers.KSampler.SCHEDULERS),
-                                     ("faces", faces, FACE_MODES), ("extra_faces", extra_faces, EXTRA_FACES),
-                                     ("detector", detector, BACKENDS)):
-            problem = unknown_choice(name, value, options)
-            if problem:
-                raise ValueError(problem)
-        for name, value in (("cfg", cfg), ("denoise", denoise), ("context", context), ("feather", feather)):
-            if not math.isfinite(value):
-                raise ValueError(f"{name} is {value}, not a number: set {name} to a finite value")
+        check_sampler_values(scheduler, cfg, denoise, ("sampler_name", sampler_name, comfy.samplers.KSampler.SAMPLERS),
+                             ("faces", faces, FACE_MODES), ("extra_faces", extra_faces, EXTRA_FACES),
+                             ("detector", detector, BACKENDS), more_numbers=(("context", context), ("feather", feather)))
         class_prompt(text, identifier)  # the prompt names the person: checked before any face is found
         people = [id_tokens] + [more[f"id_tokens_{i}"] for i in range(2, MAX_PEOPLE + 1)
                                 if more.get(f"id_tokens_{i}") is not None]

@@ -9,6 +9,8 @@ part of saved workflows):
 """
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 
 from comfy_api.latest import io
@@ -45,3 +47,17 @@ def unknown_choice(name: str, value, options) -> str | None:
         return None
     shown = ", ".join(map(str, options[:8])) + (", ..." if len(options) > 8 else "")
     return f"{name}: '{value}' is not one of the choices ({shown}); pick one from the list"
+
+
+def check_run_values(choices=(), numbers=()) -> None:
+    """Run-time checks of what an API prompt can send past the host's own: combo values
+    (``(name, value, options)``, see :func:`unknown_choice`) and numbers (``(name, value)`` or
+    ``(name, value, hint)``: "nan" passes the host's min/max). Raises ValueError naming the input."""
+    for name, value, options in choices:
+        problem = unknown_choice(name, value, options)
+        if problem:
+            raise ValueError(problem)
+    for name, value, *hint in numbers:
+        if not math.isfinite(value):
+            raise ValueError(f"{name} is {value}, not a number: set {name} to a finite value"
+                             + (f" ({hint[0]})" if hint else ""))

@@ -319,7 +319,7 @@ def write_identity_sensitive_mapping(path: Path, photos: list[Path]) -> Path:
     from f2d.detect import MediaPipeDetector
     from f2d.identity import IdentityEncoder, encode_photos
     from f2d.mapping import MappingNetwork
-    from f2d.msid import FEATURE_DIM, MSIDEncoder
+    from f2d.msid import MSIDEncoder
 
     msid = MSIDEncoder()
     msid.load_state_dict(formula_state_dict(MSIDEncoder()))

@@ -3,7 +3,6 @@ to pick fp32/TF32/fp16/bf16 and CUDA graphs, exercised here with the modes this 
 from __future__ import annotations
 
 import pytest
-import torch
 
 from f2d.identity import IdentityEncoder
 from f2d.precision import ModeRunner, measure_modes, measured_mode, modes_for
