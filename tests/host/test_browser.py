@@ -23,6 +23,7 @@ CHROMIUM = Path(os.environ.get("F2D_CHROMIUM", "/usr/bin/chromium"))
 UI = sorted((REPO / "workflows").glob("*.json"))
 WF01 = REPO / "workflows" / "01_basic_f2d_sampler.json"
 WF02 = REPO / "workflows" / "02_text_encode_ksampler.json"
+WF11 = REPO / "workflows" / "11_face_detail.json"
 MISSING_DIALOG = "This workflow has missing nodes"
 OUR_JS = "face2diffusion.js"
 # (front end, view); "bundled" is the front end the host ships (1.32.9 with ComfyUI 0.3.75).
@@ -269,6 +270,26 @@ def test_identifier_check_follows_typing(page, workflow, node_type):
         page.page.wait_for_timeout(100)
     assert page.text_box(node, "text").input_value() == "a photo of f l"  # what the user sees in the box
     page.shot(f"identifier_inserted_{node_type}")
+
+
+def test_face_detail_prompt_check_follows_typing(page):
+    # Face Detail's note is for which face got whom: a prompt without the identifier takes it over
+    # while typing, and gives it back once the identifier is in again.
+    page.load(WF11)
+    node = page.node_id("F2DFaceDetail")
+    page.show_node(node)
+    page.wait_note(node, "which face got which person shows here after a run")
+    box = page.text_box(node, "text")
+    box.click()
+    page.page.keyboard.press("Control+A")
+    page.page.keyboard.type("a close-up photo of a woman, detailed face")
+    page.wait_note(node, 'no "f l" in the prompt: no face can get its person', timeout_s=1.0)
+    assert page.note(node).get_attribute("data-state") == "bad"
+    page.shot("face_detail_identifier_missing")
+    page.page.keyboard.press("Control+A")
+    page.page.keyboard.type("a close-up photo of f l, detailed face")
+    page.wait_note(node, "which face got which person shows here after a run", timeout_s=1.0)
+    assert page.note(node).get_attribute("data-state") == "info"
 
 
 def test_every_workflow_loads_without_missing_nodes(page):

@@ -244,14 +244,21 @@ function setNote(node, lines, state) {
 }
 
 // --- prompt nodes: identifier check and "insert identifier" --------------------------------
+// What is wrong with the identifier or its place in the prompt (n from countIdentifier), or null.
+function identifierProblem(n, identifier) {
+  if (n === -1) return `✗ identifier "${identifier}" must be two words, e.g. "f l"`;
+  if (n === -2) return `✗ identifier "${identifier}": two plain words (letters only), e.g. "f l"`;
+  if (n === 0) return `✗ no "${identifier}" in the prompt: the person will not appear`;
+  return null;
+}
+
 function updateIdentifierState(node) {
   const text = widget(node, "text")?.value ?? "";
   const identifier = widget(node, "identifier")?.value ?? "f l";
   const n = countIdentifier(text, identifier);
   node.f2dIdentifierCount = n;
-  if (n === -1) setNote(node, [`✗ identifier "${identifier}" must be two words, e.g. "f l"`], "bad");
-  else if (n === -2) setNote(node, [`✗ identifier "${identifier}": two plain words (letters only), e.g. "f l"`], "bad");
-  else if (n === 0) setNote(node, [`✗ no "${identifier}" in the prompt: the person will not appear`], "bad");
+  const problem = identifierProblem(n, identifier);
+  if (problem) setNote(node, [problem], "bad");
   else {
     const lines = [`✓ "${identifier}" ×${n}${n > 1 ? " (same person at each place)" : ""}`];
     const others = otherIdentifiers(text, identifier);
@@ -288,18 +295,45 @@ function insertIdentifier(node) {
   updateIdentifierState(node);
 }
 
+function watchPrompt(node, update) {
+  for (const name of ["text", "identifier"]) {
+    const w = widget(node, name);
+    if (!w) continue;
+    afterChange(w, () => update(node));
+    textBox(w)?.addEventListener("input", () => update(node));
+  }
+  update(node);
+}
+
 function setupPromptNode(node) {
   const button = node.addWidget("button", "insert identifier", null, () => insertIdentifier(node), { serialize: false });
   button.serialize = false; // saved graphs hold only the node's own values
   addNote(node);
-  for (const name of ["text", "identifier"]) {
-    const w = widget(node, name);
-    if (!w) continue;
-    afterChange(w, () => updateIdentifierState(node));
-    textBox(w)?.addEventListener("input", () => updateIdentifierState(node));
-  }
-  updateIdentifierState(node);
+  watchPrompt(node, updateIdentifierState);
 }
+
+// F2D Face Detail: its note is for which face got whom; a prompt without the identifier takes
+// it over (the run would stop there) and gives it back once the identifier is in.
+function updateDetailPromptState(node) {
+  const text = widget(node, "text")?.value ?? "";
+  const identifier = widget(node, "identifier")?.value ?? "f l";
+  const problem = identifierProblem(countIdentifier(text, identifier), identifier);
+  if (problem) {
+    node.f2dPromptProblem = true;
+    setNote(node, [problem.replace("the person will not appear", "no face can get its person")], "bad");
+  } else if (node.f2dPromptProblem) {
+    node.f2dPromptProblem = false;
+    const last = node.f2dFacesNote;
+    setNote(node, last ?? [RESULT_NODES[node.type]], last ? "ok" : "info");
+  }
+}
+
+// Each node whose prompt is checked while it is typed, and how.
+const PROMPT_CHECKS = {
+  F2DTextEncode: updateIdentifierState,
+  F2DSampler: updateIdentifierState,
+  F2DFaceDetail: updateDetailPromptState,
+};
 
 // Typing in a text box updates the widget's value on every key in both views, but not every
 // front end calls the widget's callback for each key: one listener on the document checks the
@@ -309,11 +343,11 @@ function onTyping(event) {
   if (!(box instanceof HTMLTextAreaElement || box instanceof HTMLInputElement)) return;
   const nodeEl = box.closest?.("[data-node-id]");
   const check = () => {
-    for (const type of PROMPT_NODES) {
+    for (const [type, update] of Object.entries(PROMPT_CHECKS)) {
       for (const node of nodesOfType(type)) {
         const mine = [widget(node, "text"), widget(node, "identifier")].some((w) => textBox(w) === box) ||
           (nodeEl && String(node.id) === nodeEl.dataset.nodeId);
-        if (mine) updateIdentifierState(node);
+        if (mine) update(node);
       }
     }
   };
@@ -411,6 +445,7 @@ function showCached(node) {
 function setupResultNode(node) {
   addNote(node);
   setNote(node, [RESULT_NODES[node.type]], "info");
+  if (PROMPT_CHECKS[node.type] && !PROMPT_NODES.has(node.type)) watchPrompt(node, PROMPT_CHECKS[node.type]);
 }
 
 // The template browser lists a pack's workflows in the order the server's folder listing gives
@@ -538,7 +573,7 @@ app.registerExtension({
     nodeType.prototype.onConfigure = function () {
       const r = configure?.apply(this, arguments);
       if (this.f2dNote) this.f2dNote.element.dataset.f2dNode = String(this.id);
-      if (PROMPT_NODES.has(nodeData.name)) updateIdentifierState(this);
+      PROMPT_CHECKS[nodeData.name]?.(this);
       if (nodeData.name === "F2DLoadMSID") updateModelNote(this);
       return r;
     };
