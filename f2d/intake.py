@@ -28,12 +28,13 @@ SOFT = 100.0
 
 # Head pose from five points, with a simple face model: the nose tip stands NOSE_DEPTH eye
 # distances in front of the eyes (about 0.5 for adult faces), so turning the head by yaw moves
-# it sideways by depth * sin(yaw) while the seen eye distance shrinks by cos(yaw); the same
-# for pitch against the eye-to-mouth distance. ARCFACE_NOSE_HEIGHT: where the nose tip sits
-# between the eye line and the mouth line in the ArcFace template (a frontal face).
+# it sideways by depth * sin(yaw) while the seen eye distance shrinks by cos(yaw). Pitch moves
+# it up or down: seen below the eye line at NOSE_BELOW_EYES * cos(pitch) + depth * sin(pitch)
+# eye distances. NOSE_BELOW_EYES: the ArcFace template's (a frontal face, 20.1 / 35.2 px). The
+# mouth is left out of pitch: a smile lifts the mouth corners, which read as a head bent down
+# (+10..+23 deg on frontal smiling photos when pitch was measured against the mouth).
 NOSE_DEPTH = 0.5
-EYE_TO_MOUTH = 1.15  # eye-to-mouth distance in eye distances (ArcFace template: 40.6 / 35.2)
-ARCFACE_NOSE_HEIGHT = 0.495
+NOSE_BELOW_EYES = 0.571
 TURNED = 30.0  # degrees of yaw or pitch beyond which the report warns
 
 # "Unlike the others": the photo's distance to the others' mean (1 - cosine) is UNLIKE_RATIO
@@ -102,14 +103,12 @@ def head_pose(points: np.ndarray) -> tuple[float, float, float]:
     across = eyes / eye_distance
     down = np.array([-across[1], across[0]])  # image y points down
     roll = math.degrees(math.atan2(eyes[1], eyes[0]))
-    mid_eyes, mid_mouth = p[:2].mean(0), p[3:5].mean(0)
-    nose = p[2] - mid_eyes
+    nose = p[2] - p[:2].mean(0)
     yaw = math.degrees(math.atan2(float(nose @ across) / eye_distance, NOSE_DEPTH))
-    height = float((mid_mouth - mid_eyes) @ down)
-    pitch = 0.0
-    if height > 1e-6:
-        shift = float(nose @ down) / height - ARCFACE_NOSE_HEIGHT
-        pitch = math.degrees(math.atan2(shift * EYE_TO_MOUTH, NOSE_DEPTH))
+    # The seen eye distance shrinks with yaw; pitch is read against the unturned one.
+    below = float(nose @ down) / eye_distance * max(math.cos(math.radians(yaw)), 0.3)
+    reach, lean = math.hypot(NOSE_BELOW_EYES, NOSE_DEPTH), math.atan2(NOSE_BELOW_EYES, NOSE_DEPTH)
+    pitch = math.degrees(math.asin(min(1.0, max(-1.0, below / reach))) - lean)
     return yaw, roll, pitch
 
 

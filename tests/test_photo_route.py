@@ -107,6 +107,9 @@ def test_head_pose_and_sharpness_say_what_they_measure():
     nose_down = ARCFACE_TEMPLATE.copy()
     nose_down[2, 1] += 8
     assert head_pose(nose_down)[2] > 10
+    smile = ARCFACE_TEMPLATE.copy()
+    smile[3:, 1] -= 6  # a wide smile lifts the mouth corners: the head has not moved
+    assert abs(head_pose(smile)[2]) < 2
 
     crop = np.array(Image.fromarray(data.astronaut()).resize((112, 112)))
     blurred = np.array(Image.fromarray(crop).filter(ImageFilter.GaussianBlur(3)))
@@ -115,6 +118,13 @@ def test_head_pose_and_sharpness_say_what_they_measure():
 
 def _photo(name: str) -> np.ndarray:
     return np.array(Image.open(REPO / "workflows" / name).convert("RGB"))
+
+
+def test_frontal_real_photos_read_as_frontal(mtcnn):
+    # Both look into the camera (one smiling widely): the report must not call them bent or turned.
+    for name in ("astronaut.png", "grace_hopper.png"):
+        yaw, roll, pitch = head_pose(mtcnn.detect(_photo(name))[0].points)
+        assert abs(pitch) < 8 and abs(yaw) < 10, (name, yaw, pitch)
 
 
 @pytest.fixture(scope="module")
