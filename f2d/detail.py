@@ -328,7 +328,9 @@ def run_detail(images: torch.Tensor, found: FoundFaces, people_vectors: torch.Te
         masks[job.image_index] = torch.maximum(masks[job.image_index], m)
         crops.append(redone)
         done += 1
-        notes[job.image_index].append(f"{where} -> {describe_person(job.person, job.similarity)}, re-done")
+        notes[job.image_index].append(f"{where} -> {describe_person(job.person, job.similarity)}, re-done at "
+                                      f"{job.region.size} px" + (f" (the face is larger than guide_size {s.guide_size})"
+                                                                  if job.region.size > s.guide_size else ""))
     if on_face is not None:
         on_face(len(jobs), len(jobs))
     if jobs and not done:

@@ -114,7 +114,8 @@ class F2DFaceDetail(io.ComfyNode):
             outputs=[
                 io.Image.Output("images", tooltip="The images with their faces re-done."),
                 io.Mask.Output("masks", tooltip="Where each image was changed (the feathered face masks)."),
-                io.Image.Output("crops", tooltip="The re-done face crops, for a preview."),
+                io.Image.Output("crops", tooltip="The re-done face crops, for a preview (one black square when no face was "
+                                                      "re-done: the note on the node says why)."),
             ],
         )
 
