@@ -39,6 +39,9 @@ NO_REFERENCE = ("no reference identity (no face in the reference photos): every 
                 "batch order")
 
 
+SCORED = "likeness of each image's largest face to the reference (#: image in the batch, from 0):"
+
+
 def _describe(scores) -> str:
     def line(s):
         text = "" if s.text is None else f", text {s.text:.4f} -> {s.score:.4f}"
@@ -104,7 +107,7 @@ class F2DIdentitySimilarity(io.ComfyNode):
     @classmethod
     def execute(cls, f2d_model, images, detector, identity=None, id_tokens=None) -> io.NodeOutput:
         scores = _score(f2d_model, images, detector, identity, id_tokens)
-        text = _describe(scores)
+        text = SCORED + "\n" + _describe(scores)
         if _reference(identity, id_tokens) is None:
             text = NO_REFERENCE + "\n" + text
         return io.NodeOutput([s.similarity for s in scores], text, ui={"text": [text]})
@@ -150,7 +153,8 @@ class F2DBestOfN(io.ComfyNode):
         scores = _add_text_scores(scores, images, clip_vision, clip, text)
         kept = best_of(scores, keep)
         chosen = images[torch.tensor([s.index for s in kept], dtype=torch.long)]
-        report = "kept (best first):\n" + _describe(kept) + "\nall, ranked:\n" + _describe(rank(scores))
+        report = (SCORED + "\nkept (best first):\n" + _describe(kept) + "\nall, ranked:\n"
+                  + _describe(rank(scores)))
         if _reference(identity, id_tokens) is None:
             report = NO_REFERENCE + "\n" + report
         return io.NodeOutput(chosen, [s.score for s in kept], report, ui={"text": [report]})

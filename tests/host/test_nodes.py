@@ -316,7 +316,9 @@ def test_similarity_and_best_of_n_nodes(f2d_nodes, fixtures):
     sims, report = f2d_nodes.F2DIdentitySimilarity.execute(model, batch, "mediapipe", identity).args
     assert sims[0] == 0.0 and sims[2] == pytest.approx(1.0, abs=1e-5) and sims[1] < sims[2]
     assert "#0: no face (0)" in report
-    images, kept, _ = f2d_nodes.F2DBestOfN.execute(model, batch, "mediapipe", 2, identity).args
+    assert report.splitlines()[0].startswith("likeness of each image's largest face")  # which face was scored
+    images, kept, best_report = f2d_nodes.F2DBestOfN.execute(model, batch, "mediapipe", 2, identity).args
+    assert best_report.splitlines()[0] == report.splitlines()[0]
     assert torch.equal(images[0], batch[2]) and torch.equal(images[1], batch[1])
     assert kept == [sims[2], sims[1]]
     # A saved identity carries its vector, so it serves as the reference too.
