@@ -177,6 +177,14 @@ class IdentityVectors:
     def is_empty(self) -> bool:
         return len(self.vectors) == 0
 
+    @property
+    def used_crops(self) -> np.ndarray:
+        """The aligned crops whose vectors are in the mean, (N, 112, 112, 3) uint8: those of the
+        photos left out (leave_out_unlike) are not among them."""
+        crops = self.faces.crops if self.faces is not None else np.zeros((0, 112, 112, 3), np.uint8)
+        keep = [k for k in range(len(crops)) if not (k < len(self.report) and self.report[k].left_out)]
+        return crops[keep]
+
     def describe(self) -> list[str]:
         """The intake report as lines for a note or a terminal: each photo, then the detector."""
         from .intake import describe

@@ -78,7 +78,8 @@ class F2DEncodeIdentity(io.ComfyNode):
             ],
             outputs=[
                 F2DIdentityIO.Output("identity", tooltip="The person, for F2D Expression Guidance."),
-                io.Image.Output("aligned_faces", tooltip="The aligned 112x112 crop used from each photo."),
+                io.Image.Output("aligned_faces", tooltip="The aligned 112x112 crop used from each photo (photos left "
+                                                                "out by leave_out_unlike are not shown)."),
             ],
         )
 
@@ -106,7 +107,7 @@ class F2DEncodeIdentity(io.ComfyNode):
             identity = encode_photos(f2d_model.encoder, det, comfy_images(image), face=face,
                                      skip_faceless=skip_faceless, progress=progress,
                                      leave_out_unlike=bool(leave_out_unlike), allow_no_face=bool(allow_no_face))
-        crops = torch.from_numpy(np.ascontiguousarray(identity.faces.crops)).float() / 255.0
+        crops = torch.from_numpy(np.ascontiguousarray(identity.used_crops)).float() / 255.0
         if not len(crops):  # no face at all (allow_no_face): a black crop, so IMAGE consumers get an image
             crops = torch.zeros(1, 112, 112, 3)
         # Shown on the node: the crops used, and each photo's face and report (web/js reads f2d_faces).

@@ -58,6 +58,10 @@ def test_note_reports_each_photo_and_leaves_out_another_person_on_request(f2d_no
     assert kept.args[0].vectors.shape == (3, 1536)
     assert any("left out 1 photo(s) unlike the others: 3" in line for line in kept.ui["f2d_faces"])
     assert "left out" in [r for r in kept.ui["f2d_faces"] if r.startswith("  eyes ")][3]
+    # The crops shown and output are those in the identity: Grace Hopper's is not among them.
+    assert out.args[1].shape[0] == 4 and len(out.ui["images"]) == 4
+    assert kept.args[1].shape[0] == 3 and len(kept.ui["images"]) == 3
+    assert torch.equal(kept.args[1], out.args[1][:3])
 
 
 def test_no_face_goes_on_as_a_person_through_every_node(f2d_nodes, model, host_base):
