@@ -273,7 +273,8 @@ def plan(found: FoundFaces, batch: int, people_vectors: torch.Tensor | None, peo
             sim = cosine_similarity(found.vectors[[idx[f] for f in use]], people_vectors)
         chosen = dict(zip(use, assign_people(sim, [sizes[f] for f in use], people, s.faces, s.extra_faces)))
         for f in range(len(idx)):
-            where = f"image {i} face {f + 1} of {len(idx)} (from the left, {sizes[f]:.0f} px)"
+            # Counted from 0 from the left, as F2D Encode Identity's face widget and note count.
+            where = f"image {i} face {f} of {len(idx)} (from the left, {sizes[f]:.0f} px)"
             if f in small:
                 notes[i].append(f"{where}: too small (under min_face_size {s.min_face_size} px), kept as it was")
             elif f not in kept:
@@ -311,7 +312,7 @@ def run_detail(images: torch.Tensor, found: FoundFaces, people_vectors: torch.Te
     for n, job in enumerate(jobs):
         if on_face is not None:
             on_face(n, len(jobs))
-        where = f"image {job.image_index} face {job.face + 1}"
+        where = f"image {job.image_index} face {job.face}"
         try:
             crop = crop_face(out[job.image_index], job.region)
             redone = inpaint(crop, crop_mask(job.region), job)

@@ -140,12 +140,12 @@ def test_run_keeps_order_passes_faceless_and_small_faces_and_reports_failures():
     assert torch.equal(result.images[1], images[1]) and torch.equal(result.images[2], images[2])
     assert result.masks[1].max() == 0 and result.masks[2].max() == 0
     text = "\n".join(result.notes)
-    assert "image 0 face 1 -> person 1" in text
+    assert "image 0 face 0 -> person 1" in text
     # Worked on at the face's own size where it is larger than guide_size, and the note says so.
     assert "re-done at 144 px (the face is larger than guide_size 64)" in text
-    assert "image 0 face 2 of 2 (from the left, 10 px): too small" in text
+    assert "image 0 face 1 of 2 (from the left, 10 px): too small" in text
     assert "image 1: no face found, passed through unchanged" in text
-    assert "image 2 face 1: FAILED, kept as it was: RuntimeError: out of memory" in text
+    assert "image 2 face 0: FAILED, kept as it was: RuntimeError: out of memory" in text
     # Every face failing is an error, not a success with nothing done.
     with pytest.raises(RuntimeError, match="out of memory"):
         run_detail(images[2:], _found([[(150, 60, 220, 140)]]), None, 1,

@@ -100,8 +100,8 @@ def test_each_person_gets_their_own_face_in_a_batch_of_three(host):
     with progress_hook(lambda value, total, preview, node_id=None: seen.append((value, total))):
         out, masks, crops, notes = detail(host, batch, [a, b])
     text = "\n".join(notes)
-    for line in ("image 0 face 1 -> person 1 ", "image 0 face 2 -> person 2 ", "image 1: no face found, passed "
-                 "through unchanged", "image 2 face 1 -> person 2 ", "image 2 face 2 -> person 1 "):
+    for line in ("image 0 face 0 -> person 1 ", "image 0 face 1 -> person 2 ", "image 1: no face found, passed "
+                 "through unchanged", "image 2 face 0 -> person 2 ", "image 2 face 1 -> person 1 "):
         assert line in text, notes
     assert out.shape == batch.shape and masks.shape == (3, SIDE, 2 * SIDE) and crops.shape == (4, GUIDE, GUIDE, 3)
     # Nothing lost: outside the masks (and the whole faceless image) bit for bit the input.
@@ -198,7 +198,7 @@ def test_detail_on_diffusers_redoes_the_face_and_keeps_everything_else(weight_fi
                                steps=2, denoise=0.5, settings=DetailSettings(guide_size=GUIDE), progress=False)
     before, after = np.asarray(photo), np.asarray(out[0])
     assert after.shape == before.shape
-    assert "image 0 face 1 -> person 1 (similarity " in notes[0]
+    assert "image 0 face 0 -> person 1 (similarity " in notes[0]
     changed = np.any(after != before, axis=-1)
     ys, xs = np.nonzero(changed)
     assert changed.sum() > 1000  # the face was redrawn

@@ -73,7 +73,7 @@ def test_face_detail_workflow_redoes_only_the_face(server):
     # Only around the face (the astronaut's head is at about x 170-290, y 40-200 in the photo).
     assert 100 < xs.min() and xs.max() < 360 and ys.max() < 280
     notes = result["outputs"][detail]["f2d_faces"]
-    assert any("image 0 face 1 -> person 1 (similarity" in n for n in notes), notes
+    assert any("image 0 face 0 -> person 1 (similarity" in n for n in notes), notes
     # The node's own settings reach the picture: another denoise, another face.
     other = copy.deepcopy(api)
     other[detail]["inputs"]["denoise"] = 0.9
@@ -84,8 +84,8 @@ def test_two_people_workflow_gives_each_face_its_person(server):
     api, detail, save = _api("09_two_people", "pair.png")
     result = _run(server, api)
     notes = result["outputs"][detail]["f2d_faces"]
-    assert any(n.startswith("image 0 face 1 -> person 1 ") for n in notes), notes
-    assert any(n.startswith("image 0 face 2 -> person 2 ") for n in notes), notes
+    assert any(n.startswith("image 0 face 0 -> person 1 ") for n in notes), notes
+    assert any(n.startswith("image 0 face 1 -> person 2 ") for n in notes), notes
     before = np.array(Image.open(server.base / "input" / "pair.png").convert("RGB"))
     after = _saved(server, result, save)
     changed = np.any(after != before, axis=-1)
