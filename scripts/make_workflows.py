@@ -441,14 +441,15 @@ def _input_specs(info: dict) -> list[tuple[str, list]]:
     return specs
 
 
-def _height(cls: str, specs, info: dict) -> int:
+def _height(cls: str, specs, info: dict, extra_room: dict[str, int] | None = None) -> int:
     """A size estimate the front end's own minimum never exceeds by much (it grows a node that is
-    too small); it keeps the nodes of one column apart."""
+    too small); it keeps the nodes of one column apart. ``extra_room``: px more for some classes."""
     widgets = [sp for _, sp in specs if _is_widget(sp)]
     sockets = max(len(specs) - len(widgets), len(info["output"]))
     multiline = sum(1 for sp in widgets if len(sp) > 1 and isinstance(sp[1], dict) and sp[1].get("multiline"))
     h = 40 + 22 * sockets + 26 * len(widgets) + 80 * multiline
-    return h + (280 if cls in ("LoadImage", "SaveImage", "PreviewImage") else 0) + PACK_UI_HEIGHT.get(cls, 0)
+    return (h + (280 if cls in ("LoadImage", "SaveImage", "PreviewImage") else 0) + PACK_UI_HEIGHT.get(cls, 0)
+            + (extra_room or {}).get(cls, 0))
 
 
 # What web/js/face2diffusion.js adds below these nodes: its note panel (two or three 16 px lines
@@ -540,8 +541,9 @@ def compact_columns(w: Workflow, heights: dict[str, int], note_height: int) -> d
     return col
 
 
-def to_ui(w: Workflow, api: dict, object_info: dict) -> dict:
-    """LiteGraph workflow (version 0.4): the note, titled nodes in columns, groups, a saved view."""
+def to_ui(w: Workflow, api: dict, object_info: dict, extra_room: dict[str, int] | None = None) -> dict:
+    """LiteGraph workflow (version 0.4): the note, titled nodes in columns, groups, a saved view.
+    ``extra_room``: px more below some node classes (see render)."""
     note = note_markdown(w)
     nodes, links = {}, []
     note_h = _note_height(note)
@@ -549,7 +551,8 @@ def to_ui(w: Workflow, api: dict, object_info: dict) -> dict:
     last_group: dict[int, int] = {}
     group_bottom: dict[int, int] = {}
     names = list(w.nodes)
-    heights = {name: _height(n.cls, _input_specs(object_info[n.cls]), object_info[n.cls]) for name, n in w.nodes.items()}
+    heights = {name: _height(n.cls, _input_specs(object_info[n.cls]), object_info[n.cls], extra_room)
+               for name, n in w.nodes.items()}
     col = compact_columns(w, heights, note_h)
     pos = {}
     # Group by group, then by step: a stacked column keeps the data flow top to bottom.
@@ -659,18 +662,13 @@ ENCODE_REPORT_ROOM = (48, 32, 16, 0)
 def render(object_info: dict) -> dict[Path, str]:
     """The JSON files (API and UI format), compared byte for byte by --check and the tests."""
     files = {}
-    base = PACK_UI_HEIGHT["F2DEncodeIdentity"]
     for name, w in workflows().items():
         api = to_api(w)
         files[OUT / "api" / f"{name}.json"] = json.dumps(api, indent=1) + "\n"
-        try:
-            for room in ENCODE_REPORT_ROOM:
-                PACK_UI_HEIGHT["F2DEncodeIdentity"] = base + room
-                ui = to_ui(w, api, object_info)
-                if ui["extra"]["ds"]["scale"] >= MIN_READABLE_SCALE:
-                    break
-        finally:
-            PACK_UI_HEIGHT["F2DEncodeIdentity"] = base
+        for room in ENCODE_REPORT_ROOM:
+            ui = to_ui(w, api, object_info, {"F2DEncodeIdentity": room})
+            if ui["extra"]["ds"]["scale"] >= MIN_READABLE_SCALE:
+                break
         files[OUT / f"{name}.json"] = json.dumps(ui, indent=1) + "\n"
     return files
 
