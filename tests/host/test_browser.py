@@ -188,6 +188,12 @@ class Page:
         return self.page.evaluate_handle(
             f"app.graph.getNodeById({node_id}).widgets.find(w => w.name === '{widget}').element").as_element()
 
+    def retype(self, node_id: int, widget: str, text: str) -> None:
+        """Replace a text box's content as a user does: click in, select all, type."""
+        self.text_box(node_id, widget).click()
+        self.page.keyboard.press("Control+A")
+        self.page.keyboard.type(text)
+
     def ours(self) -> list[dict]:
         """Console warnings / errors raised through our file since the last call."""
         entries = self.page.evaluate("window.__f2dConsole.splice(0)")
@@ -246,18 +252,13 @@ def test_identifier_check_follows_typing(page, workflow, node_type):
     node = page.node_id(node_type)
     page.show_node(node)
     page.wait_note(node, '✓ "f l" ×1')
-    box = page.text_box(node, "text")
-    box.click()
-    page.page.keyboard.press("Control+A")
-    page.page.keyboard.type("a photo of a man on a beach")
+    page.retype(node, "text", "a photo of a man on a beach")
     page.wait_note(node, 'no "f l" in the prompt', timeout_s=1.0)  # live, within a second
     assert page.note(node).get_attribute("data-state") == "bad"
     page.shot(f"identifier_missing_{node_type}")
-    page.page.keyboard.press("Control+A")
-    page.page.keyboard.type("(f l:1.2) talking to F L, in a mirror")
+    page.retype(node, "text", "(f l:1.2) talking to F L, in a mirror")
     page.wait_note(node, '✓ "f l" ×2', timeout_s=1.0)
-    page.page.keyboard.press("Control+A")
-    page.page.keyboard.type("a photo of ")
+    page.retype(node, "text", "a photo of ")
     page.wait_note(node, 'no "f l"', timeout_s=1.0)
     if page.vue:
         page.page.locator(f'[data-node-id="{node}"] button', has_text="insert identifier").click()
@@ -279,15 +280,11 @@ def test_face_detail_prompt_check_follows_typing(page):
     node = page.node_id("F2DFaceDetail")
     page.show_node(node)
     page.wait_note(node, "which face got which person shows here after a run")
-    box = page.text_box(node, "text")
-    box.click()
-    page.page.keyboard.press("Control+A")
-    page.page.keyboard.type("a close-up photo of a woman, detailed face")
+    page.retype(node, "text", "a close-up photo of a woman, detailed face")
     page.wait_note(node, 'no "f l" in the prompt: no face can get its person', timeout_s=1.0)
     assert page.note(node).get_attribute("data-state") == "bad"
     page.shot("face_detail_identifier_missing")
-    page.page.keyboard.press("Control+A")
-    page.page.keyboard.type("a close-up photo of f l, detailed face")
+    page.retype(node, "text", "a close-up photo of f l, detailed face")
     page.wait_note(node, "which face got which person shows here after a run", timeout_s=1.0)
     assert page.note(node).get_attribute("data-state") == "info"
 
