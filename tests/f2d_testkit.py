@@ -216,6 +216,16 @@ class ComfyServer:
         self.wait_history(body["prompt_id"])
         time.sleep(0.5)  # the flag is handled right after that prompt
 
+    def wait_idle(self, timeout: float = 300) -> None:
+        """Until nothing runs or waits in the server's queue."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            q = self.get("/queue")
+            if not q.get("queue_running") and not q.get("queue_pending"):
+                return
+            time.sleep(0.25)
+        raise TimeoutError(f"the queue was still busy after {timeout} s:\n{self.log()[-4000:]}")
+
     def wait_history(self, prompt_id: str, timeout: float = 300) -> dict:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
