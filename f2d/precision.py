@@ -203,7 +203,8 @@ def measure_modes(encoder, device: torch.device | str, modes: tuple[str, ...] | 
     if sample is None:
         g = torch.Generator().manual_seed(0)
         sample = torch.rand(max(batches), 3, 112, 112, generator=g) * 2 - 1
-    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    sync = {"cuda": lambda: torch.cuda.synchronize(device),
+            "mps": lambda: torch.mps.synchronize()}.get(device.type, lambda: None)  # timed work has finished
     runners = {}
     for mode in modes:
         try:
