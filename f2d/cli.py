@@ -63,7 +63,7 @@ def _identity_tokens(args: argparse.Namespace):
         identity = encode_photos(encoder, detector, photos, face=args.face, skip_faceless=args.skip_faceless,
                                  leave_out_unlike=args.leave_out_unlike)
     for line in identity.describe():  # each photo's face and report, notes, the detector
-        print(line, file=sys.stderr)
+        print(_cli_words(line), file=sys.stderr)
     tokens = map_to_tokens(encoder, identity, info={"msid": Path(args.msid).name, "mapping": Path(args.mapping).name,
                                                     "precision": encoder.precision})
     return tokens, tokens.identity, tokens.info
@@ -179,6 +179,20 @@ def _person_args(p: argparse.ArgumentParser) -> None:
                         "tokens ~3e-4 off; norms and mapping always fp32)")
 
 
+# The library's messages name the nodes' options; here they are the command's flags.
+_CLI_WORDS = {
+    "; to go on without an identity, turn on allow_no_face": "",  # no such flag: an identity is the point
+    "turn on skip_faceless": "add --skip-faceless",
+    "turn on leave_out_unlike": "add --leave-out-unlike",
+}
+
+
+def _cli_words(message: str) -> str:
+    for node_words, flag in _CLI_WORDS.items():
+        message = message.replace(node_words, flag)
+    return message
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m f2d", description="Face2Diffusion tools.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -261,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except (CLIError, WeightsError, IdentifierError, DetectorUnavailable, AlignmentError, OSError,
             ValueError) as e:  # ValueError: NoFaceError, identity files, settings
-        print("error: " + "; ".join(str(e).splitlines()), file=sys.stderr)
+        print("error: " + _cli_words("; ".join(str(e).splitlines())), file=sys.stderr)
         return 2
     except ImportError as e:
         print(f"error: {e}. `generate` needs diffusers: pip install diffusers transformers", file=sys.stderr)

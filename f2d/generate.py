@@ -94,9 +94,23 @@ def encode_prompt(tokenizer, text_encoder, text: str, tokens: IdentityTokens | N
 
 
 def pick_device(name: str = "auto") -> tuple[torch.device, torch.dtype]:
+    """The device named (auto: CUDA, else MPS, else CPU) and the diffusion dtype for it; a device
+    this machine does not have is refused here, with the choices it does have."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
-    device = torch.device(name)
+    here = ["auto", "cpu"] + (["cuda"] if torch.cuda.is_available() else []) + \
+        (["mps"] if torch.backends.mps.is_available() else [])
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name}: not a device name; on this machine: {', '.join(here)}") from None
+    count = torch.cuda.device_count() if device.type == "cuda" and torch.cuda.is_available() else 0
+    missing = ((device.type == "cuda" and (count == 0 or (device.index or 0) >= count))
+               or (device.type == "mps" and not torch.backends.mps.is_available())
+               or device.type not in ("cpu", "cuda", "mps"))
+    if missing:
+        raise ValueError(f"--device {name}: this machine (torch {torch.__version__}) has no such device; "
+                         f"on this machine: {', '.join(here)}")
     return device, torch.float16 if device.type in ("cuda", "mps") else torch.float32
 
 

@@ -48,6 +48,11 @@ TURNED = 30.0  # degrees of yaw or pitch beyond which the report warns
 # minority: without a majority there is no "the others".
 UNLIKE_RATIO = 8.0
 UNLIKE_MIN_FACES = 3
+# Whatever the ratio, a vector within cosine 0.99 of the others' mean is not unlike them: where
+# every vector is nearly the same (the test weights: distances of 2e-4..4e-3), the ratio would
+# follow rounding and flag a photo of the same person. Another person is far beyond (0.25 with
+# the photo-sensitive test encoder, whose same-person photos sit at ~0.016).
+UNLIKE_MIN_DISTANCE = 0.01
 
 
 @dataclass
@@ -131,7 +136,7 @@ def unlike_the_others(distances: list[float]) -> list[bool]:
     flags = []
     for k, d in enumerate(distances):
         typical = float(np.median([x for j, x in enumerate(distances) if j != k]))
-        flags.append(d > 1e-9 and d >= UNLIKE_RATIO * typical)
+        flags.append(d >= UNLIKE_MIN_DISTANCE and d >= UNLIKE_RATIO * typical)
     if sum(flags) * 2 >= n:  # no majority to be unlike
         return [False] * n
     return flags

@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from f2d_testkit import (
@@ -82,12 +83,16 @@ def test_identity_start_runs_the_class_prompt_first(tiny_diffusers_dir, weight_f
     assert np.abs(b - c).max() > 0  # and the second half the identity
 
 
-@pytest.mark.parametrize("problem", ["no_face", "no_identifier", "wrong_weights", "unreadable_photo"])
+@pytest.mark.parametrize("problem", ["no_face", "no_identifier", "wrong_weights", "unreadable_photo", "not_a_device",
+                                     "absent_device"])
 def test_bad_inputs_exit_with_one_clear_line(problem, tiny_diffusers_dir, weight_files, fixtures, tmp_path):
     from skimage import data
 
     photo, prompt = fixtures / "astronaut.png", "a photo of f l"
     msid = weight_files["msid", "pt"]
+    device = {"not_a_device": "gpu", "absent_device": "cuda"}.get(problem, "auto")
+    if problem == "absent_device" and torch.cuda.is_available():
+        device = f"cuda:{torch.cuda.device_count()}"
     if problem == "no_face":
         photo = tmp_path / "coffee.png"
         Image.fromarray(data.coffee()).save(photo)
@@ -95,14 +100,20 @@ def test_bad_inputs_exit_with_one_clear_line(problem, tiny_diffusers_dir, weight
         prompt = "a photo of a man"
     elif problem == "wrong_weights":
         msid = weight_files["mapping", "pt"]
-    else:
+    elif problem == "unreadable_photo":
         photo = tmp_path / "broken.jpg"
         photo.write_bytes(b"not a jpeg at all")
     r = cli("generate", "-i", photo, "-p", prompt, "--base", tiny_diffusers_dir, "--msid", msid,
-            "--mapping", weight_files["mapping", "pt"], "-o", tmp_path / "x.png", "--steps", 1, "-q")
+            "--mapping", weight_files["mapping", "pt"], "-o", tmp_path / "x.png", "--steps", 1, "-q", "--device", device)
     assert r.returncode == 2
     lines = [ln for ln in r.stderr.splitlines() if ln.startswith("error: ")]
     assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
     expect = {"no_face": "image 0: no face found", "no_identifier": "does not contain the identifier 'f l'",
-              "wrong_weights": "not the MSID identity encoder", "unreadable_photo": "not a readable image"}[problem]
+              "wrong_weights": "not the MSID identity encoder", "unreadable_photo": "not a readable image",
+              "not_a_device": "--device gpu: not a device name; on this machine: auto, cpu",
+              "absent_device": f"--device {device}: this machine"}[problem]
     assert expect in lines[0]
+    # The command's own flags, not the nodes' option names.
+    assert "skip_faceless" not in lines[0] and "allow_no_face" not in lines[0]
+    if problem == "no_face":
+        assert "--skip-faceless" in lines[0]
