@@ -258,18 +258,21 @@ def test_identifier_check_follows_typing(page, workflow, node_type):
     page.shot(f"identifier_missing_{node_type}")
     page.retype(node, "text", "(f l:1.2) talking to F L, in a mirror")
     page.wait_note(node, '✓ "f l" ×2', timeout_s=1.0)
-    page.retype(node, "text", "a photo of ")
+    page.retype(node, "text", "a photo of on a beach")
     page.wait_note(node, 'no "f l"', timeout_s=1.0)
+    # The caret after "a photo of ", then the focus leaves the box (as a click on the canvas does).
+    page.text_box(node, "text").evaluate("el => { el.setSelectionRange(11, 11); el.blur(); }")
     if page.vue:
         page.page.locator(f'[data-node-id="{node}"] button', has_text="insert identifier").click()
     else:  # drawn on the canvas: press it through the widget, as a click does
         page.page.evaluate(f"app.graph.getNodeById({node}).widgets.find(w => w.name === 'insert identifier').callback()")
     page.wait_note(node, '✓ "f l" ×1', timeout_s=1.0)
-    assert page.page.evaluate(f"app.graph.getNodeById({node}).widgets.find(w => w.name === 'text').value") == "a photo of f l"
+    want = "a photo of f l on a beach"  # at the caret, not at the end
+    assert page.page.evaluate(f"app.graph.getNodeById({node}).widgets.find(w => w.name === 'text').value") == want
     deadline = time.monotonic() + 2
-    while page.text_box(node, "text").input_value() != "a photo of f l" and time.monotonic() < deadline:
+    while page.text_box(node, "text").input_value() != want and time.monotonic() < deadline:
         page.page.wait_for_timeout(100)
-    assert page.text_box(node, "text").input_value() == "a photo of f l"  # what the user sees in the box
+    assert page.text_box(node, "text").input_value() == want  # what the user sees in the box
     page.shot(f"identifier_inserted_{node_type}")
 
 

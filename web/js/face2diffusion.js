@@ -280,17 +280,30 @@ function insertIdentifier(node) {
   const w = widget(node, "text");
   const identifier = (widget(node, "identifier")?.value ?? "f l").trim();
   if (!w) return;
-  const el = document.activeElement instanceof HTMLTextAreaElement ? document.activeElement : textBox(w);
   const value = w.value ?? "";
+  // The box the prompt is written in: the widget's own (classic view) or the one Nodes 2.0 draws
+  // for it (the last one typed in, else the node's text box holding the prompt).
+  const drawn = [...document.querySelectorAll(`[data-node-id="${node.id}"] textarea`)];
+  const el = [document.activeElement, node.f2dPromptBox, ...drawn, textBox(w)]
+    .find((b) => b instanceof HTMLTextAreaElement && b.isConnected && b.value === value);
+  const box = el ?? textBox(w);
   let at = value.length;
-  if (el && el.value === value && typeof el.selectionStart === "number" && document.activeElement === el) at = el.selectionStart;
+  // A text box keeps its caret when the click on the button takes the focus away: that is where
+  // the user was writing (a box never clicked in has its caret at the end).
+  if (el && typeof el.selectionStart === "number") at = el.selectionStart;
   const before = value.slice(0, at);
   const after = value.slice(at);
   const left = before && !/\s$/.test(before) ? " " : "";
   const right = after && !/^\s/.test(after) ? " " : "";
   w.value = `${before}${left}${identifier}${right}${after}`;
-  const box = textBox(w);
-  if (box) box.value = w.value;
+  const caret = before.length + left.length + identifier.length;
+  const place = (b) => {
+    if (b && b.value !== w.value) b.value = w.value;
+    b?.setSelectionRange?.(caret, caret); // a second press goes after this one, not at the end
+  };
+  place(box);
+  if (textBox(w) && textBox(w) !== box) textBox(w).value = w.value;
+  setTimeout(() => place(box?.isConnected ? box : null), 0); // after Nodes 2.0 writes the value back
   w.callback?.(w.value);
   updateIdentifierState(node);
 }
@@ -347,6 +360,9 @@ function onTyping(event) {
       for (const node of nodesOfType(type)) {
         const mine = [widget(node, "text"), widget(node, "identifier")].some((w) => textBox(w) === box) ||
           (nodeEl && String(node.id) === nodeEl.dataset.nodeId);
+        if (mine && box instanceof HTMLTextAreaElement && (nodeEl || box === textBox(widget(node, "text")))) {
+          node.f2dPromptBox = box; // where the prompt is being written (insert identifier uses its caret)
+        }
         if (mine) update(node);
       }
     }
