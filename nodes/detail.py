@@ -112,9 +112,9 @@ class F2DFaceDetail(io.ComfyNode):
                                 tooltip="The two words that stand for the person in the prompt."),
             ] + [_person_input(i) for i in range(2, MAX_PEOPLE + 1)],
             outputs=[
-                io.Image.Output("images", tooltip="The images with their faces re-done."),
-                io.Mask.Output("masks", tooltip="Where each image was changed (the feathered face masks)."),
-                io.Image.Output("crops", tooltip="The re-done face crops, for a preview (one black square when no face was "
+                io.Image.Output("images", display_name="images", tooltip="The images with their faces re-done."),
+                io.Mask.Output("masks", display_name="masks", tooltip="Where each image was changed (the feathered face masks)."),
+                io.Image.Output("crops", display_name="crops", tooltip="The re-done face crops, for a preview (one black square when no face was "
                                                       "re-done: the note on the node says why)."),
             ],
         )

@@ -77,8 +77,8 @@ class F2DEncodeIdentity(io.ComfyNode):
                                          "is saved, and the notes say so."),
             ],
             outputs=[
-                F2DIdentityIO.Output("identity", tooltip="The person, for F2D Expression Guidance."),
-                io.Image.Output("aligned_faces", tooltip="The aligned 112x112 crop used from each photo (photos left "
+                F2DIdentityIO.Output("identity", display_name="identity", tooltip="The person, for F2D Expression Guidance."),
+                io.Image.Output("aligned_faces", display_name="aligned_faces", tooltip="The aligned 112x112 crop used from each photo (photos left "
                                                                 "out by leave_out_unlike are not shown)."),
             ],
         )

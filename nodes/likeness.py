@@ -95,8 +95,8 @@ class F2DIdentitySimilarity(io.ComfyNode):
                          "MSID identity vectors (1 = the same vector). Images without a face score 0 and are "
                          "reported as such."),
             inputs=_common_inputs() + _reference_inputs(),
-            outputs=[io.Float.Output("similarity", is_output_list=True, tooltip="One score per image, in batch order."),
-                     io.String.Output("report", tooltip="The scores as text.")],
+            outputs=[io.Float.Output("similarity", display_name="similarity", is_output_list=True, tooltip="One score per image, in batch order."),
+                     io.String.Output("report", display_name="report", tooltip="The scores as text.")],
             is_output_node=True,
         )
 
@@ -135,10 +135,10 @@ class F2DBestOfN(io.ComfyNode):
                                 tooltip="...and the text the images should show (the prompt without 'f l'). "
                                         "Then the score is the harmonic mean of likeness and image-text similarity."),
             ],
-            outputs=[io.Image.Output("best_images", tooltip="The kept images, best first."),
-                     io.Float.Output("similarity", is_output_list=True,
+            outputs=[io.Image.Output("best_images", display_name="best_images", tooltip="The kept images, best first."),
+                     io.Float.Output("similarity", display_name="similarity", is_output_list=True,
                                      tooltip="Their scores, best first (with the text term: the harmonic mean)."),
-                     io.String.Output("report", tooltip="The ranking as text.")],
+                     io.String.Output("report", display_name="report", tooltip="The ranking as text.")],
             is_output_node=True,
         )
 

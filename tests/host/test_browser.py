@@ -324,6 +324,21 @@ def test_every_workflow_loads_without_missing_nodes(page):
     page.page.keyboard.press("Escape")
 
 
+def test_workflow_saved_with_the_old_output_names_loads_and_sends_the_same_prompt(page):
+    # Before outputs had names (Face Detail's images/masks/crops, Encode Identity's
+    # identity/aligned_faces), saved graphs named them by type (IMAGE, MASK, F2D_IDENTITY).
+    old = REPO / "tests" / "data" / "workflow_11_before_output_names.json"
+    prompts = []
+    for path in (old, WF11):
+        page.load(path)
+        assert page.missing_node_types() == [] and not any("Invalid workflow" in a for a in page.toasts()), path.name
+        prompts.append(page.page.evaluate("(async () => (await app.graphToPrompt()).output)()"))
+    assert prompts[0] == prompts[1]
+    crops_link = page.page.evaluate("""() => { const n = app.graph._nodes.find(n => n.type === 'F2DFaceDetail');
+        return n.outputs.map(o => [o.type, (o.links ?? []).length]); }""")
+    assert [t for t, _ in crops_link] == ["IMAGE", "MASK", "IMAGE"] and crops_link[0][1] == 1
+
+
 def test_run_shows_image_and_chosen_face(page):
     put_weights(page.server)
     # Another view may have run the same graph on this server: drop ComfyUI's cache, else the
