@@ -27,7 +27,7 @@ WF11 = REPO / "workflows" / "11_face_detail.json"
 MISSING_DIALOG = "This workflow has missing nodes"
 OUR_JS = "face2diffusion.js"
 # (front end, view); "bundled" is the front end the host ships (1.32.9 with ComfyUI 0.3.75).
-CONFIGS = [("bundled", "classic"), (NEW_FRONTEND, "classic"), (NEW_FRONTEND, "nodes2")]
+CONFIGS = [("bundled", "classic"), ("bundled", "nodes2"), (NEW_FRONTEND, "classic"), (NEW_FRONTEND, "nodes2")]
 # Toasts: PrimeVue's classes up to 1.3x; test ids from 1.5x on.
 TOAST = {"bundled": ".p-toast-message", NEW_FRONTEND: '[data-testid="toast"]'}
 TOAST_CLOSE = {"bundled": ".p-toast-close-button", NEW_FRONTEND: '[data-testid="toast-close"]'}

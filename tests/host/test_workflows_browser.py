@@ -3,7 +3,8 @@ no missing node, the note rendered with every link, the saved view applied at a 
 drawn, the whole graph on screen, no node on top of another at the sizes the front end gives them.
 
 Runs on the front end installed with the host (1.32.9) and on the newest one that
-scripts/setup-browser.sh installs (1.58.1, served with --front-end-root). Screenshots go to <pytest tmp>/workflow_screens*/ (printed with -s)."""
+scripts/setup-browser.sh installs (1.58.1, served with --front-end-root), each in the classic view
+and in Nodes 2.0. Screenshots go to <pytest tmp>/workflow_screens*/ (printed with -s)."""
 from __future__ import annotations
 
 import json
@@ -21,27 +22,32 @@ UI = sorted((REPO / "workflows").glob("*.json"))
 MISSING_NODES = "This workflow has missing nodes"
 LINK = re.compile(r"\[([^\]]+)\]\(([^)\s]+)\)")
 SIDEBAR, TOP_BARS = 60, 125  # the left toolbar; the banner, the tabs, the workflow menu and the Run bar
-FRONT_ENDS = ["bundled", NEW_FRONTEND]
+# Both front ends have both views (1.32.9's Nodes 2.0 is a toggle in its menu and banner).
+VIEWS = [("bundled", "classic"), ("bundled", "nodes2"), (NEW_FRONTEND, "classic"), (NEW_FRONTEND, "nodes2")]
 
 
-@pytest.fixture(scope="module", params=FRONT_ENDS)
+@pytest.fixture(scope="module", params=VIEWS, ids=lambda v: f"{v[0]}-{v[1]}")
 def server(request, comfy_servers):
     """The run's shared server of each front end: every file the workflows name is present (a
-    missing-models dialog would be a wrong name); the classic view, as users see it by default."""
+    missing-models dialog would be a wrong name); in the classic view (as users see it by
+    default) and in Nodes 2.0."""
     if not CHROMIUM.is_file():
         if os.environ.get("CI"):
             pytest.fail(f"{CHROMIUM} missing: .ci/run installs Debian's chromium")
         pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium, or set F2D_CHROMIUM)")
-    s = comfy_servers.get(request.param)
-    assert s.post("/settings/Comfy.VueNodes.Enabled", False)[0] == 200
-    return s
+    front_end, view = request.param
+    s = comfy_servers.get(front_end)
+    assert s.post("/settings/Comfy.VueNodes.Enabled", view == "nodes2")[0] == 200
+    s.view = view
+    yield s
+    assert s.post("/settings/Comfy.VueNodes.Enabled", False)[0] == 200  # the classic view for the next module
 
 
 @pytest.fixture(scope="module")
 def page(server, tmp_path_factory):
     from playwright.sync_api import sync_playwright
 
-    shots = tmp_path_factory.mktemp(f"workflow_screens_{server.front_end}")
+    shots = tmp_path_factory.mktemp(f"workflow_screens_{server.front_end}_{server.view}")
     print(f"\nscreenshots: {shots}")
     with sync_playwright() as p:
         browser = p.chromium.launch(
@@ -66,7 +72,13 @@ def load(page, path: Path) -> None:
 
 
 @pytest.mark.parametrize("path", UI, ids=[p.stem for p in UI])
-def test_workflow_loads_with_its_note_links_and_a_readable_view(page, path):
+def test_workflow_loads_with_its_note_links_and_a_readable_view(page, server, path, request):
+    if (server.front_end, server.view) == ("bundled", "nodes2"):
+        # Known: 1.32.9's experimental Nodes 2.0 scales a classic graph by 1.2 as it opens it
+        # ("Auto-scale layout", on by default) and draws the markdown note ~1.5x taller, so the
+        # note covers the node below it and the graph outgrows the saved view. The nodes' own UI
+        # works there (tests/host/test_browser.py); 1.58.1's Nodes 2.0 opens them all cleanly.
+        request.applymarker(pytest.mark.xfail(strict=True, reason="1.32.9 Nodes 2.0 rescales classic layouts"))
     wf = json.loads(path.read_text())
     load(page, path)
     assert page.get_by_text(MISSING_NODES).count() == 0, path.name
@@ -82,10 +94,14 @@ def test_workflow_loads_with_its_note_links_and_a_readable_view(page, path):
     for _, url in LINK.findall(text):
         assert url in hrefs, f"{path.name}: link {url} not rendered"
     heading = text.splitlines()[0].lstrip("# ")
+    # Up to the note's node (Nodes 2.0 draws nodes as DOM; past it is the canvas, larger than the window).
     fit = page.evaluate("""h => { const el = [...document.querySelectorAll('h2')].find(e => e.textContent === h);
         if (!el) return 'no rendered heading';
-        let box = el; while (box && box.scrollHeight <= box.clientHeight + 2 && box !== document.body) box = box.parentElement;
-        return box && box !== document.body ? [box.className, box.scrollHeight, box.clientHeight] : null; }""", heading)
+        const node = el.closest('[data-node-id]');
+        let box = el;
+        while (box && box.scrollHeight <= box.clientHeight + 6 && box !== document.body && box !== node) box = box.parentElement;
+        return box && box !== document.body && box.scrollHeight > box.clientHeight + 6
+            ? [box.className, box.scrollHeight, box.clientHeight] : null; }""", heading)
     assert fit is None, f"the note's text does not fit its box (scrolls): {fit}"
 
     ds = page.evaluate("() => ({scale: app.canvas.ds.scale, offset: [...app.canvas.ds.offset],"
