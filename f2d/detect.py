@@ -513,7 +513,7 @@ class MTCNNDetector:
         if not quiet:
             for g, group in enumerate(groups):
                 if g not in {c[0] for c in confirmed}:
-                    log.info("image %d: a face candidate at %s was not confirmed; ignored", index,
+                    log.debug("image %d: a face candidate at %s was not confirmed; ignored", index,
                              group[0][1][2].round())
         return [c for _, c in sorted(confirmed, key=lambda c: c[0])]
 
