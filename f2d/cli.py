@@ -47,10 +47,11 @@ def _identity_tokens(args: argparse.Namespace):
     """(tokens, identity vector or None, info) from --identity or from photos."""
     from .identity_file import load_identity
 
-    if args.identity:
+    if getattr(args, "identity", None):  # generate takes a saved identity; encode makes one
         return load_identity(args.identity)
     if not args.input:
-        raise CLIError("give the person: -i PHOTO (one or more) or --identity FILE")
+        raise CLIError("give the person: -i PHOTO (one or more)"
+                       + (" or --identity FILE" if hasattr(args, "identity") else ""))
     if not (args.msid and args.mapping):
         raise CLIError("encoding a photo needs the weights: --msid msid.pt --mapping mapping.pt")
     from .generate import pick_device

@@ -317,6 +317,12 @@ def encode_photos(encoder: IdentityEncoder, detector, images, face: str | int = 
     elif unlike:
         result.notes.append("photo(s) " + ", ".join(str(r.image_index) for r in unlike) + " look unlike the others "
                             "(another person, or a bad crop?): turn on leave_out_unlike to leave them out")
+    elif leave_out_unlike:  # asked for: say that it looked, and what it found
+        from .intake import UNLIKE_MIN_FACES
+
+        kept = len(result.vectors)
+        result.notes.append(f"leave_out_unlike: no photo is unlike the others; all {kept} kept" if kept >= UNLIKE_MIN_FACES
+                            else f"leave_out_unlike: needs {UNLIKE_MIN_FACES} or more faces to compare; all {kept} kept")
     return result
 
 

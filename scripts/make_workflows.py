@@ -656,10 +656,11 @@ def thumbnail(w: Workflow) -> bytes:
 
 # More room below F2D Encode Identity for its intake report (a line per photo; the detector line
 # says where it runs) where the workflow still opens at a readable zoom with it; the most first.
-# The several-photos workflow first tries room for the five photos its note invites (two lines
-# each, and the lines that wrap), so that adding photos does not grow the node over the one below.
+# The several-photos workflow first tries room for the five photos its note invites and one of
+# another person (two lines each, the lines that wrap and the crops), so that adding photos does
+# not grow the node over the one below.
 ENCODE_REPORT_ROOM = (48, 32, 16, 0)
-ENCODE_REPORT_ROOM_FOR = {"05_several_photos": (48 + 3 * 2 * 16 + 80, 48 + 3 * 2 * 16 + 16, 48 + 2 * 2 * 16)}
+ENCODE_REPORT_ROOM_FOR = {"05_several_photos": (48 + 4 * 2 * 16 + 112, 48 + 3 * 2 * 16 + 80, 48 + 3 * 2 * 16 + 16, 48 + 2 * 2 * 16)}
 
 
 def render(object_info: dict) -> dict[Path, str]:

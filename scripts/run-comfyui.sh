@@ -17,10 +17,20 @@ done
 mkdir -p "$base"/{custom_nodes,input,output,temp,user/default/workflows} \
          "$base"/models/{checkpoints,loras,controlnet,face2diffusion,insightface}
 ln -sfn "$root" "$base/custom_nodes/ComfyUI-Face2Diffusion"
-# Example graphs appear in the UI's Workflows browser; a user's edited copy is never overwritten.
+# Example graphs appear in the UI's Workflows browser. A copy that is still a graph this pack
+# shipped (any version in its git history) is refreshed when the graph changed; a copy the user
+# edited is never overwritten.
 for wf in "$root"/workflows/*.json; do
   [ -e "$wf" ] || continue
-  cp -n "$wf" "$base/user/default/workflows/" 2>/dev/null || true
+  copy="$base/user/default/workflows/$(basename "$wf")"
+  if [ -e "$copy" ]; then
+    cmp -s "$wf" "$copy" && continue
+    blob=$(git -C "$root" hash-object "$copy" 2>/dev/null) || continue
+    shipped=$(git -C "$root" rev-list --objects --all -- "workflows/$(basename "$wf")" 2>/dev/null \
+      | grep -c "^$blob" || true)
+    [ "${shipped:-0}" -gt 0 ] || continue  # edited by the user: kept
+  fi
+  cp "$wf" "$copy"
 done
 cp -n "$root"/workflows/*.png "$base/input/" 2>/dev/null || true  # the example workflows' photos
 device=()

@@ -141,6 +141,11 @@ def test_intake_reports_every_photo_and_flags_another_person(photo_sensitive_enc
             astronaut[:, ::-1].copy()]
     alone = encode_photos(encoder, mtcnn, same)
     assert not any(r.unlike for r in alone.report) and len(alone.vectors) == 4
+    # Asked to leave out and nothing to leave out: it says it looked.
+    assert "leave_out_unlike: no photo is unlike the others; all 4 kept" in \
+        encode_photos(encoder, mtcnn, same, leave_out_unlike=True).describe()
+    assert "leave_out_unlike: needs 3 or more faces to compare; all 2 kept" in \
+        encode_photos(encoder, mtcnn, same[:2], leave_out_unlike=True).describe()
 
     photos = same + [_photo("grace_hopper.png")]  # another person
     flagged = encode_photos(encoder, mtcnn, photos)
