@@ -30,6 +30,31 @@ PACK_NAME = "ComfyUI-Face2Diffusion"
 NEW_FRONTEND = "1.58.1"
 NEW_FRONTEND_ROOT = (REPO / ".venv" / "frontends" / f"comfyui-frontend-package-{NEW_FRONTEND}"
                      / "comfyui_frontend_package" / "static")
+CHROMIUM = Path(os.environ.get("F2D_CHROMIUM", "/usr/bin/chromium"))  # Debian's, for the browser tests
+
+
+def require_chromium() -> Path:
+    """The browser tests' Chromium: a failure in CI (.ci/run installs it), a skip elsewhere."""
+    import pytest
+
+    if not CHROMIUM.is_file():
+        if os.environ.get("CI"):
+            pytest.fail(f"{CHROMIUM} missing: .ci/run installs Debian's chromium")
+        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium, or set F2D_CHROMIUM)")
+    return CHROMIUM
+
+
+def front_end_args(front_end: str) -> list[str]:
+    """ComfyUI's arguments to serve ``front_end`` ("bundled" or NEW_FRONTEND); the newer one not
+    installed fails the test, naming the script that installs it."""
+    if front_end == "bundled":
+        return []
+    assert front_end == NEW_FRONTEND, front_end
+    if not (NEW_FRONTEND_ROOT / "index.html").is_file():
+        import pytest
+
+        pytest.fail(f"front end {front_end} not installed at {NEW_FRONTEND_ROOT}: run scripts/setup-browser.sh")
+    return ["--front-end-root", str(NEW_FRONTEND_ROOT)]
 # Built test models (tiny checkpoint, ControlNet, diffusers pipeline), kept between runs under a
 # name keyed by the source that generates them: a changed generator builds afresh.
 MODEL_CACHE = Path(os.environ.get("F2D_TEST_CACHE", Path(tempfile.gettempdir()) / "f2d-test-models"))

@@ -19,14 +19,13 @@ import yaml
 from PIL import Image
 
 from f2d_testkit import (
-    NEW_FRONTEND,
-    NEW_FRONTEND_ROOT,
     REPO,
     ComfyServer,
     build_tiny_controlnet,
     build_tiny_lora,
     build_tiny_sd15_checkpoint,
     copy_into,
+    front_end_args,
     import_host,
     make_workflows_module,
     write_formula_weights,
@@ -97,12 +96,7 @@ class SharedServers:
     def get(self, front_end: str = "bundled") -> ComfyServer:
         if front_end in self.running:
             return self.running[front_end]
-        args = []
-        if front_end != "bundled":
-            assert front_end == NEW_FRONTEND, front_end
-            if not (NEW_FRONTEND_ROOT / "index.html").is_file():
-                pytest.fail(f"front end {front_end} not installed at {NEW_FRONTEND_ROOT}: run scripts/setup-browser.sh")
-            args = ["--front-end-root", str(NEW_FRONTEND_ROOT)]
+        args = front_end_args(front_end)
         if self._mapping is None:
             mw = make_workflows_module()
             self._mapping = write_identity_sensitive_mapping(self.tmp.mktemp("mapping") / "mapping.pt",

@@ -8,7 +8,6 @@ Screenshots of each state go to <pytest tmp>/screenshots*/ (the path is printed)
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
@@ -16,10 +15,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from f2d_testkit import NEW_FRONTEND, REPO, write_formula_weights
+from f2d_testkit import CHROMIUM, NEW_FRONTEND, REPO, require_chromium, write_formula_weights
 
 pytestmark = [pytest.mark.host, pytest.mark.browser]
-CHROMIUM = Path(os.environ.get("F2D_CHROMIUM", "/usr/bin/chromium"))
 UI = sorted((REPO / "workflows").glob("*.json"))
 WF01 = REPO / "workflows" / "01_basic_f2d_sampler.json"
 WF02 = REPO / "workflows" / "02_text_encode_ksampler.json"
@@ -53,10 +51,7 @@ CONSOLE_SPY = """(() => {
 @pytest.fixture(scope="module")
 def servers(comfy_servers):
     """The run's shared server of each front end (tests/host/conftest.py)."""
-    if not CHROMIUM.is_file():
-        if os.environ.get("CI"):
-            pytest.fail(f"{CHROMIUM} missing: .ci/run installs Debian's chromium")
-        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium, or set F2D_CHROMIUM)")
+    require_chromium()
     return comfy_servers
 
 

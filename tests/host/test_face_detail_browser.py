@@ -6,36 +6,38 @@ way (tests/host/test_face_detail_workflows.py checks their text on a real photo)
 from __future__ import annotations
 
 import json
-import os
 import time
-from pathlib import Path
 
 import pytest
 
-from f2d_testkit import NEW_FRONTEND, NEW_FRONTEND_ROOT, REPO, ComfyServer, build_tiny_sd15_checkpoint, copy_into, \
-    make_workflows_module, write_formula_weights
+from f2d_testkit import (
+    CHROMIUM,
+    NEW_FRONTEND,
+    REPO,
+    ComfyServer,
+    build_tiny_sd15_checkpoint,
+    copy_into,
+    front_end_args,
+    make_workflows_module,
+    require_chromium,
+    write_formula_weights,
+)
 
 pytestmark = [pytest.mark.host, pytest.mark.browser]
-CHROMIUM = Path(os.environ.get("F2D_CHROMIUM", "/usr/bin/chromium"))
 WF11 = REPO / "workflows" / "11_face_detail.json"
 CONFIGS = [("bundled", "classic"), (NEW_FRONTEND, "classic"), (NEW_FRONTEND, "nodes2")]
 
 
 @pytest.fixture(scope="module", params=["bundled", NEW_FRONTEND])
 def server(request, tmp_path_factory, f2d_nodes):
-    if not CHROMIUM.is_file():
-        if os.environ.get("CI"):
-            pytest.fail(f"{CHROMIUM} missing: .ci/run installs Debian's chromium")
-        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium, or set F2D_CHROMIUM)")
-    if request.param != "bundled" and not (NEW_FRONTEND_ROOT / "index.html").is_file():
-        pytest.fail(f"front end {request.param} not installed at {NEW_FRONTEND_ROOT}: run scripts/setup-browser.sh")
+    require_chromium()
     mw = make_workflows_module()
     base = tmp_path_factory.mktemp(f"comfy_detail_browser_{request.param}")
     build_tiny_sd15_checkpoint(base / "models" / "checkpoints" / mw.CHECKPOINT)
     for kind in ("msid", "mapping"):
         write_formula_weights(base / "models" / "face2diffusion", kind, "pt")
     copy_into(REPO / "workflows" / "astronaut.png", base / "input")
-    args = [] if request.param == "bundled" else ["--front-end-root", str(NEW_FRONTEND_ROOT)]
+    args = front_end_args(request.param)
     with ComfyServer(base, args) as s:
         assert s.post("/settings/Comfy.TutorialCompleted", True)[0] == 200
         s.front_end = request.param

@@ -6,26 +6,25 @@ Checks: this pack's cards in their numbered order, and every workflow opened fro
 zoom where text is drawn, whole on screen. Screenshots go to <pytest tmp>/template_view_*/."""
 from __future__ import annotations
 
-import os
-from pathlib import Path
 
 import pytest
 
 from f2d_testkit import (
+    CHROMIUM,
     NEW_FRONTEND,
-    NEW_FRONTEND_ROOT,
     REPO,
     ComfyServer,
     build_tiny_controlnet,
     build_tiny_lora,
     build_tiny_sd15_checkpoint,
     copy_into,
+    front_end_args,
     make_workflows_module,
+    require_chromium,
     write_formula_weights,
 )
 
 pytestmark = [pytest.mark.host, pytest.mark.browser]
-CHROMIUM = Path(os.environ.get("F2D_CHROMIUM", "/usr/bin/chromium"))
 NAMES = sorted(p.stem for p in (REPO / "workflows").glob("*.json"))
 PACK = "ComfyUI-Face2Diffusion"
 SIDEBAR = 60  # the left toolbar covers the canvas there
@@ -33,10 +32,7 @@ SIDEBAR = 60  # the left toolbar covers the canvas there
 
 @pytest.fixture(scope="module", params=["bundled", NEW_FRONTEND])
 def page(request, tmp_path_factory, f2d_nodes):
-    if not CHROMIUM.is_file():
-        if os.environ.get("CI"):
-            pytest.fail(f"{CHROMIUM} missing: .ci/run installs Debian's chromium")
-        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium, or set F2D_CHROMIUM)")
+    require_chromium()
     from playwright.sync_api import sync_playwright
 
     mw = make_workflows_module()
@@ -51,7 +47,7 @@ def page(request, tmp_path_factory, f2d_nodes):
     (models / "face2diffusion" / "identities" / "astronaut.safetensors").write_bytes(b"")  # listed, not read
     for photo in mw.PHOTOS:
         copy_into(REPO / "workflows" / photo, base / "input")
-    extra = [] if request.param == "bundled" else ["--front-end-root", str(NEW_FRONTEND_ROOT)]
+    extra = front_end_args(request.param)
     shots = tmp_path_factory.mktemp(f"template_view_{request.param}")
     print(f"\nscreenshots: {shots}")
     with ComfyServer(base, extra_args=extra) as server, sync_playwright() as p:

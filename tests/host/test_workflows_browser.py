@@ -8,16 +8,14 @@ and in Nodes 2.0. Screenshots go to <pytest tmp>/workflow_screens*/ (printed wit
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 
 import pytest
 
-from f2d_testkit import NEW_FRONTEND, REPO
+from f2d_testkit import CHROMIUM, NEW_FRONTEND, REPO, require_chromium
 
 pytestmark = [pytest.mark.host, pytest.mark.browser]
-CHROMIUM = Path(os.environ.get("F2D_CHROMIUM", "/usr/bin/chromium"))
 UI = sorted((REPO / "workflows").glob("*.json"))
 MISSING_NODES = "This workflow has missing nodes"
 LINK = re.compile(r"\[([^\]]+)\]\(([^)\s]+)\)")
@@ -31,10 +29,7 @@ def server(request, comfy_servers):
     """The run's shared server of each front end: every file the workflows name is present (a
     missing-models dialog would be a wrong name); in the classic view (as users see it by
     default) and in Nodes 2.0."""
-    if not CHROMIUM.is_file():
-        if os.environ.get("CI"):
-            pytest.fail(f"{CHROMIUM} missing: .ci/run installs Debian's chromium")
-        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium, or set F2D_CHROMIUM)")
+    require_chromium()
     front_end, view = request.param
     s = comfy_servers.get(front_end)
     assert s.post("/settings/Comfy.VueNodes.Enabled", view == "nodes2")[0] == 200
