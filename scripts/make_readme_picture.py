@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -19,13 +18,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from f2d_testkit import (  # noqa: E402
+    CHROMIUM,
     ComfyServer,
     copy_into,
     make_workflows_module,
     write_formula_weights,
 )
 
-CHROMIUM = os.environ.get("F2D_CHROMIUM", "/usr/bin/chromium")
 OUT = ROOT / "docs" / "basic_workflow.jpg"
 
 
@@ -44,7 +43,7 @@ def main() -> int:
         copy_into(ROOT / "workflows" / mw.PHOTO, base / "input")
         with ComfyServer(base) as server, sync_playwright() as p:
             server.post("/settings/Comfy.TutorialCompleted", True)
-            browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-gpu"])
+            browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox", "--disable-gpu"])
             page = browser.new_page(viewport={"width": 1600, "height": 1000})
             page.goto(server.url)
             page.wait_for_function("window.app?.graph && app.extensions?.some(e => e.name === 'Face2Diffusion.ui')",
