@@ -181,7 +181,9 @@ class IdentityVectors:
     def used_crops(self) -> np.ndarray:
         """The aligned crops whose vectors are in the mean, (N, 112, 112, 3) uint8: those of the
         photos left out (leave_out_unlike) are not among them."""
-        crops = self.faces.crops if self.faces is not None else np.zeros((0, 112, 112, 3), np.uint8)
+        from .align import CROP_SIZE
+
+        crops = self.faces.crops if self.faces is not None else np.zeros((0, CROP_SIZE, CROP_SIZE, 3), np.uint8)
         keep = [k for k in range(len(crops)) if not (k < len(self.report) and self.report[k].left_out)]
         return crops[keep]
 
@@ -236,6 +238,12 @@ def align_photos(images, detector, face: str | int = "largest", skip_faceless: b
     photos = [to_uint8_rgb(im) for im in images]
     n = len(photos)
     guard = _SizeGuard(detector)
+
+    def too_small(i: int) -> NoFaceError:
+        hint = ", or turn on skip_faceless to leave such photos out of the batch" if n > 1 and not skip_faceless else ""
+        return NoFaceError(f"image {i}: {guard.tiny[i]} is too small to find a face in (under {MIN_SIDE} px on a "
+                           f"side). Use a photo where the face is at least about 100 px wide{hint}", i)
+
     try:
         aligned = detect_and_align(photos, guard, face=face, skip_faceless=skip_faceless or allow_no_face,
                                    progress=progress)
@@ -247,17 +255,10 @@ def align_photos(images, detector, face: str | int = "largest", skip_faceless: b
                                 list(range(n)), [], describe_detector(detector))
         if e.image_index not in guard.tiny:
             raise
-        hint = ", or turn on skip_faceless to leave such photos out of the batch" if n > 1 and not skip_faceless else ""
-        raise NoFaceError(f"image {e.image_index}: {guard.tiny[e.image_index]} is too small to find a face in "
-                          f"(under {MIN_SIDE} px on a side). Use a photo where the face is at least about 100 px "
-                          f"wide{hint}", e.image_index) from None
+        raise too_small(e.image_index) from None
     if aligned.skipped and not skip_faceless:  # allow_no_face alone: some photos have a face
         i = aligned.skipped[0]
-        if i in guard.tiny:
-            raise NoFaceError(f"image {i}: {guard.tiny[i]} is too small to find a face in (under {MIN_SIDE} px on a "
-                              "side). Use a photo where the face is at least about 100 px wide, or turn on "
-                              "skip_faceless to leave such photos out of the batch", i)
-        raise NoFaceError(no_face_message(i, detector, photos[i]), i)
+        raise too_small(i) if i in guard.tiny else NoFaceError(no_face_message(i, detector, photos[i]), i)
     aligned.tiny_photos = dict(guard.tiny)
     return aligned
 
@@ -293,7 +294,7 @@ def encode_photos(encoder: IdentityEncoder, detector, images, face: str | int = 
     or a bad crop) are left out of the mean. ``allow_no_face``: see :func:`align_photos`; the
     result is then empty and its notes say why.
     """
-    from .intake import assess
+    from .intake import UNLIKE_MIN_FACES, assess
 
     n = len(images)
     aligned = align_photos(images, detector, face=face, skip_faceless=skip_faceless, allow_no_face=allow_no_face,
@@ -318,8 +319,6 @@ def encode_photos(encoder: IdentityEncoder, detector, images, face: str | int = 
         result.notes.append("photo(s) " + ", ".join(str(r.image_index) for r in unlike) + " look unlike the others "
                             "(another person, or a bad crop?): turn on leave_out_unlike to leave them out")
     elif leave_out_unlike:  # asked for: say that it looked, and what it found
-        from .intake import UNLIKE_MIN_FACES
-
         kept = len(result.vectors)
         result.notes.append(f"leave_out_unlike: no photo is unlike the others; all {kept} kept" if kept >= UNLIKE_MIN_FACES
                             else f"leave_out_unlike: needs {UNLIKE_MIN_FACES} or more faces to compare; all {kept} kept")

@@ -76,10 +76,13 @@ def encode_identity_prompt(clip, text: str, id_tokens: IdentityTokens, identifie
     return clip.encode_from_tokens_scheduled(identity_tokens_for(clip, text, id_tokens, identifier))
 
 
+def _shown(text: str) -> str:
+    return text if len(text) <= 200 else text[:200] + "..."
+
+
 def _nan_message(text: str) -> str:
-    shown = text if len(text) <= 200 else text[:200] + "..."
     return (f"the prompt's conditioning holds NaN or infinite values, which would give a black image: "
-            f"\"{shown}\". Use prompt weights such as (f l:1.2), between 0 and about 2, and check that "
+            f"\"{_shown(text)}\". Use prompt weights such as (f l:1.2), between 0 and about 2, and check that "
             "the identity tokens come from F2D Expression Guidance or a saved identity.")
 
 
@@ -94,7 +97,7 @@ _BOUNDS: dict[int, tuple] = {}
 def _encoder_output_bound(clip) -> float | None:
     """The largest |value| the text encoder can output: its final LayerNorm's output is at most
     max|gamma| * sqrt(width) + max|beta| (a normalised vector has no entry beyond sqrt(width)).
-    Read once per norm weight (like the position table): on a GPU each read waits for queued work."""
+    Read once per norm weight: on a GPU each read waits for queued work."""
     try:
         encoder = _stream_encoder(clip, "l")
     except IdentifierError:
@@ -145,11 +148,10 @@ def _checked_conditioning(clip, cond: list, text: str) -> list:
     weights = [t[1] for chunks in clip.tokenize(text).values() for chunk in chunks for t in chunk
                if isinstance(t, tuple) and len(t) > 1 and isinstance(t[1], (int, float))]
     heaviest = max(weights, key=abs, default=1.0)
-    shown = text if len(text) <= 200 else text[:200] + "..."
     raise ValueError(f"the prompt's conditioning reaches {largest:.3g}, far beyond what this text encoder produces "
                      f"(at most about {bound:.3g} per value, x{2 * MAX_PROMPT_WEIGHT + 1:g} with prompt weights up to "
                      f"{MAX_PROMPT_WEIGHT:g}), which would sample to a black image: the prompt weight {heaviest:g} in "
-                     f"\"{shown}\". Use prompt weights such as (f l:1.2), between 0 and about 2.")
+                     f"\"{_shown(text)}\". Use prompt weights such as (f l:1.2), between 0 and about 2.")
 
 
 def identity_schedule(clip, text: str, id_tokens: IdentityTokens, identifier: str, start: float, end: float) -> list:
@@ -267,11 +269,11 @@ def ksampler_inputs(*, steps: int, denoise: float, tips: dict[str, str]) -> list
     ]
 
 
-def check_sampler_values(scheduler, cfg, denoise, *more_choices, more_numbers=()) -> None:
+def check_sampler_values(scheduler, cfg, denoise, denoise_hint: str, *more_choices, more_numbers=()) -> None:
     """What the host does not check before the run: the scheduler combo and finite cfg/denoise
     (the sampler_name combo is checked at validation, see F2DSampler.validate_inputs)."""
     check_run_values([("scheduler", scheduler, comfy.samplers.KSampler.SCHEDULERS), *more_choices],
-                     [("cfg", cfg, "7 is the official default"), ("denoise", denoise), *more_numbers])
+                     [("cfg", cfg, "7 is the official default"), ("denoise", denoise, denoise_hint), *more_numbers])
 
 
 def _prompt_input(default: str) -> io.String.Input:
@@ -356,7 +358,7 @@ class F2DSampler(io.ComfyNode):
     @classmethod
     def execute(cls, model, clip, id_tokens, text, negative, latent_image, seed, steps, cfg, sampler_name,
                 scheduler, denoise, identifier, identity_start, identity_end) -> io.NodeOutput:
-        check_sampler_values(scheduler, cfg, denoise)
+        check_sampler_values(scheduler, cfg, denoise, "1 for text-to-image")
         # Encoded once per prompt, identity and CLIP (see ConditioningCache): a new seed reuses them.
         cache = SAMPLER_CONDITIONING
         positive = cache.get(clip, ("identity", text, identifier, float(identity_start), float(identity_end),

@@ -127,7 +127,8 @@ class F2DFaceDetail(io.ComfyNode):
     def execute(cls, image, model, clip, vae, f2d_model, id_tokens, text, negative, seed, steps, cfg, sampler_name,
                 scheduler, denoise, guide_size, context, feather, max_faces, min_face_size, faces, extra_faces,
                 detector, identifier, **more) -> io.NodeOutput:
-        check_sampler_values(scheduler, cfg, denoise, ("sampler_name", sampler_name, comfy.samplers.KSampler.SAMPLERS),
+        check_sampler_values(scheduler, cfg, denoise, "0.3-0.5 re-does a face keeping its pose",
+                             ("sampler_name", sampler_name, comfy.samplers.KSampler.SAMPLERS),
                              ("faces", faces, FACE_MODES), ("extra_faces", extra_faces, EXTRA_FACES),
                              ("detector", detector, BACKENDS), more_numbers=(("context", context), ("feather", feather)))
         class_prompt(text, identifier)  # the prompt names the person: checked before any face is found

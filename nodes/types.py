@@ -10,7 +10,6 @@ part of saved workflows):
 from __future__ import annotations
 
 import math
-
 from dataclasses import dataclass
 
 from comfy_api.latest import io
