@@ -104,11 +104,9 @@ def pick_device(name: str = "auto") -> tuple[torch.device, torch.dtype]:
         device = torch.device(name)
     except RuntimeError:
         raise ValueError(f"--device {name}: not a device name; on this machine: {', '.join(here)}") from None
-    count = torch.cuda.device_count() if device.type == "cuda" and torch.cuda.is_available() else 0
-    missing = ((device.type == "cuda" and (count == 0 or (device.index or 0) >= count))
-               or (device.type == "mps" and not torch.backends.mps.is_available())
-               or device.type not in ("cpu", "cuda", "mps"))
-    if missing:
+    present = {"cpu": True, "mps": torch.backends.mps.is_available(),
+               "cuda": torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count()}
+    if not present.get(device.type, False):
         raise ValueError(f"--device {name}: this machine (torch {torch.__version__}) has no such device; "
                          f"on this machine: {', '.join(here)}")
     return device, torch.float16 if device.type in ("cuda", "mps") else torch.float32
