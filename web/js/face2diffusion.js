@@ -244,11 +244,12 @@ function setNote(node, lines, state) {
 }
 
 // --- prompt nodes: identifier check and "insert identifier" --------------------------------
-// What is wrong with the identifier or its place in the prompt (n from countIdentifier), or null.
-function identifierProblem(n, identifier) {
+// What is wrong with the identifier or its place in the prompt (n from countIdentifier), or null;
+// ``missing``: what a prompt without it does on this node.
+function identifierProblem(n, identifier, missing = "the person will not appear") {
   if (n === -1) return `✗ identifier "${identifier}" must be two words, e.g. "f l"`;
   if (n === -2) return `✗ identifier "${identifier}": two plain words (letters only), e.g. "f l"`;
-  if (n === 0) return `✗ no "${identifier}" in the prompt: the person will not appear`;
+  if (n === 0) return `✗ no "${identifier}" in the prompt: ${missing}`;
   return null;
 }
 
@@ -330,10 +331,10 @@ function setupPromptNode(node) {
 function updateDetailPromptState(node) {
   const text = widget(node, "text")?.value ?? "";
   const identifier = widget(node, "identifier")?.value ?? "f l";
-  const problem = identifierProblem(countIdentifier(text, identifier), identifier);
+  const problem = identifierProblem(countIdentifier(text, identifier), identifier, "no face can get its person");
   if (problem) {
     node.f2dPromptProblem = true;
-    setNote(node, [problem.replace("the person will not appear", "no face can get its person")], "bad");
+    setNote(node, [problem], "bad");
   } else if (node.f2dPromptProblem) {
     node.f2dPromptProblem = false;
     const last = node.f2dFacesNote;
@@ -461,7 +462,7 @@ function showCached(node) {
 function setupResultNode(node) {
   addNote(node);
   setNote(node, [RESULT_NODES[node.type]], "info");
-  if (PROMPT_CHECKS[node.type] && !PROMPT_NODES.has(node.type)) watchPrompt(node, PROMPT_CHECKS[node.type]);
+  if (PROMPT_CHECKS[node.type]) watchPrompt(node, PROMPT_CHECKS[node.type]); // F2D Face Detail
 }
 
 // The template browser lists a pack's workflows in the order the server's folder listing gives
