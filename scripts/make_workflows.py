@@ -124,15 +124,18 @@ def models_part(w: Workflow, *, lora: bool = False, controlnet: bool = False) ->
                        "Load Face2Diffusion (MSID + mapping)", 1, 0)
 
 
+# F2D Encode Identity's widgets in every example: its defaults.
+ENCODE = {"detector": "auto", "face": "largest", "skip_faceless": False, "leave_out_unlike": False,
+          "allow_no_face": False}
+
+
 def person_part(w: Workflow, key: str = "", photo: str = PHOTO, group: int = 2, photo_node: str | None = None,
                 who: str = "") -> None:
     """Photo -> identity -> identity tokens. ``key`` suffixes node names for a second person."""
     if photo_node is None:
         photo_node = f"photo{key}"
         w.nodes[photo_node] = N("LoadImage", {"image": photo}, f"Photo of the person{who}", group, 1)
-    w.nodes[f"identity{key}"] = N("F2DEncodeIdentity", {"f2d_model": ["f2d", 0], "image": [photo_node, 0],
-                                                        "detector": "auto", "face": "largest", "skip_faceless": False,
-                                                        "leave_out_unlike": False, "allow_no_face": False},
+    w.nodes[f"identity{key}"] = N("F2DEncodeIdentity", {"f2d_model": ["f2d", 0], "image": [photo_node, 0], **ENCODE},
                                   f"Find, align and encode the face{who}", group, 2)
     w.nodes[f"tokens{key}"] = N("F2DExpressionGuidance", {"f2d_model": ["f2d", 0], "identity": [f"identity{key}", 0],
                                                           "strength": 1.0},
@@ -356,9 +359,8 @@ def workflows() -> dict[str, Workflow]:
     w.nodes["photo_a"] = N("LoadImage", {"image": PHOTO}, "Photo of person A", 2, 1)
     w.nodes["photo_b"] = N("LoadImage", {"image": PHOTO_B}, "Photo of person B", 2, 1)
     for key in ("a", "b"):
-        w.nodes[f"identity_{key}"] = N("F2DEncodeIdentity", {
-            "f2d_model": ["f2d", 0], "image": [f"photo_{key}", 0], "detector": "auto", "face": "largest",
-            "skip_faceless": False, "leave_out_unlike": False, "allow_no_face": False}, f"Encode person {key.upper()}", 2, 2)
+        w.nodes[f"identity_{key}"] = N("F2DEncodeIdentity", {"f2d_model": ["f2d", 0], "image": [f"photo_{key}", 0],
+                                                            **ENCODE}, f"Encode person {key.upper()}", 2, 2)
     w.nodes["mix"] = N("F2DMixIdentities", {"identity_1": ["identity_a", 0], "weight_1": 0.7,
                                             "identity_2": ["identity_b", 0], "weight_2": 0.3},
                        "Mix: 70 % A + 30 % B", 2, 3)
@@ -455,8 +457,9 @@ def _height(cls: str, specs, info: dict, extra_room: dict[str, int] | None = Non
 # What web/js/face2diffusion.js adds below these nodes: its note panel (two or three 16 px lines
 # with margins; a result node's lines after a run) and, on the prompt nodes, the "insert identifier"
 # button. F2D Encode Identity also shows the aligned crops after a run: room for them and for the
-# note's lines as Nodes 2.0 lays them out (it grew 24-44 px past 70 + 150; 66 px with two note lines; the intake report adds a line per photo and the detector line names where it runs: 64 px more), so it does not grow over
-# the node below.
+# note's lines as Nodes 2.0 lays them out (it grew 24-44 px past 70 + 150; 66 px with two note
+# lines; the intake report adds a line per photo and the detector line names where it runs: 64 px
+# more), so it does not grow over the node below.
 PACK_UI_HEIGHT = {"F2DLoadMSID": 70, "F2DEncodeIdentity": 70 + 150 + 80, "F2DTextEncode": 60, "F2DSampler": 60,
                   "F2DSaveIdentity": 60, "F2DBestOfN": 230, "F2DIdentitySimilarity": 170,
                   "F2DFaceDetail": 90}
@@ -660,7 +663,8 @@ def thumbnail(w: Workflow) -> bytes:
 # another person (two lines each, the lines that wrap and the crops), so that adding photos does
 # not grow the node over the one below.
 ENCODE_REPORT_ROOM = (48, 32, 16, 0)
-ENCODE_REPORT_ROOM_FOR = {"05_several_photos": (48 + 4 * 2 * 16 + 112, 48 + 3 * 2 * 16 + 80, 48 + 3 * 2 * 16 + 16, 48 + 2 * 2 * 16)}
+ENCODE_REPORT_ROOM_FOR = {"05_several_photos": (48 + 4 * 2 * 16 + 112, 48 + 3 * 2 * 16 + 80, 48 + 3 * 2 * 16 + 16,
+                                               48 + 2 * 2 * 16)}
 
 
 def render(object_info: dict) -> dict[Path, str]:
