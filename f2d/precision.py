@@ -211,7 +211,7 @@ def measure_modes(encoder, device: torch.device | str, modes: tuple[str, ...] | 
             runners[mode] = ModeRunner(encoder, mode, device)
         except (RuntimeError, ValueError):  # e.g. a dtype the device lacks
             continue
-    reference = ModeRunner(encoder, "fp32", device)(sample)
+    reference = (runners.get("fp32") or ModeRunner(encoder, "fp32", device))(sample)  # the one fp32 copy
     errors = {}
     for mode, run in list(runners.items()):
         try:
