@@ -48,6 +48,9 @@ def test_users_read_install_weights_and_quick_start_before_the_developer_section
     assert order == sorted(order), order
     dev = README[order[-1]:]
     assert "make run" in dev and "make test" in dev and "make run-test-models" in dev
+    # The section opens with exactly the two developer commands: run, test.
+    block = dev.split("```sh\n", 1)[1].split("```", 1)[0]
+    assert [line.split("#")[0].strip() for line in block.strip().splitlines()] == ["make run", "make test"]
 
 
 def test_the_template_menu_path_is_one_both_front_ends_have():
