@@ -243,16 +243,15 @@ class F2DSaveIdentity(io.ComfyNode):
 def _holds(path: str, id_tokens: IdentityTokens) -> bool:
     """Whether the identity file at ``path`` holds exactly these tokens (and identity vector)."""
     try:
-        tokens, identity, _ = load_identity(path)  # noqa: F841 (identity: also tokens.identity)
+        tokens, identity, _ = load_identity(path)
     except (IdentityFileError, OSError):
         return False
-    mine = id_tokens
 
     def same(a, b):
         return (a is None) == (b is None) and (a is None or torch.equal(a.float().cpu().reshape(-1),
                                                                          b.float().cpu().reshape(-1)))
 
-    return same(tokens.first, mine.first) and same(tokens.last, mine.last) and same(identity, id_tokens.identity)
+    return same(tokens.first, id_tokens.first) and same(tokens.last, id_tokens.last) and same(identity, id_tokens.identity)
 
 
 class F2DLoadIdentity(io.ComfyNode):
